@@ -1,0 +1,1 @@
+"""Fetch and decode live-stream media with PyAV and pick the frames worth classifying."""

@@ -1,0 +1,56 @@
+"""Value types that flow out of the decoders room."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import numpy as np
+
+SampleReason = Literal["keyframe", "interval", "scene", "heartbeat", "image"]
+
+
+@dataclass(frozen=True)
+class Resize:
+    """A working-size image a model wants, produced by FFmpeg's scaler.
+
+    Attributes:
+        width, height: target size in pixels.
+        keep_aspect: False squashes to exactly width x height; True fits inside the box
+            keeping the aspect ratio (the engine pads it: letterbox).
+    """
+
+    width: int
+    height: int
+    keep_aspect: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class SampledFrame:
+    """One frame picked for classification.
+
+    Attributes:
+        stream_id: the stream it came from.
+        index: sequence number of this sample within its source (0-based).
+        pts: presentation time in seconds from the start of the source.
+        wall_clock: Unix time of the frame: the reference's wall-clock start + pts when the
+            ingest gave one, else the time it was decoded.
+        keyframe: True when the frame was a keyframe in the bitstream.
+        reason: why it was sampled.
+        width, height: full-resolution size in pixels.
+        images: working-size RGB images, uint8, shape (h, w, 3), one per requested Resize.
+        full_rgb: returns the full-resolution RGB frame, uint8 (height, width, 3). It converts
+            lazily from the decoded frame, so only frames that need a re-check pay for it.
+            Drop the SampledFrame to release the decoded picture.
+    """
+
+    stream_id: str
+    index: int
+    pts: float
+    wall_clock: float
+    keyframe: bool
+    reason: SampleReason
+    width: int
+    height: int
+    images: dict[Resize, np.ndarray]
+    full_rgb: Callable[[], np.ndarray] = field(repr=False)

@@ -1,0 +1,91 @@
+"""Value types and the backend protocol of the engines room."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+
+from livemod.engines.card import ModelCard
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What one batched run returns.
+
+    Attributes:
+        logits: float32 (N, C).
+        probs: float32 (N, C), softmax of logits.
+        cams: float32 (N, C, h, w), per-class activation maps (CAM = Grad-CAM x Z for a
+            linear head), before ReLU.
+    """
+
+    logits: np.ndarray
+    probs: np.ndarray
+    cams: np.ndarray
+
+
+class Classifier(Protocol):
+    """A backend that runs one model card on preprocessed batches.
+
+    ``infer`` takes a float32 batch already laid out for the network (NHWC or NCHW, as the
+    card says) with any N from 1 to ``max_batch`` and returns Outputs with N rows.
+    """
+
+    card: ModelCard
+    backend: Literal["onnxruntime", "tensorrt"]
+    max_batch: int
+
+    def infer(self, batch: np.ndarray) -> Outputs: ...
+
+
+Box = tuple[int, int, int, int]
+"""(x0, y0, x1, y1) in full-resolution pixels, x1/y1 exclusive."""
+
+
+@dataclass(frozen=True)
+class Recheck:
+    """The small-object re-check of one label on one frame.
+
+    Attributes:
+        label: the watched label.
+        before: probability on the whole frame.
+        after: the best probability over the crops (the CAM boxes and tiles).
+        box: the crop that produced ``after``, in full-resolution pixels.
+        method: "cam_box" (hot region enlarged 1.5x) or "tile" (fixed grid tile).
+        crops: how many crops were classified.
+    """
+
+    label: str
+    before: float
+    after: float
+    box: Box
+    method: Literal["cam_box", "tile"]
+    crops: int
+
+
+@dataclass(frozen=True)
+class FrameScores:
+    """One model's view of one frame, for the labels (or groups) a policy watches.
+
+    Attributes:
+        model, version: from the card.
+        scores: whole-frame probability per watched label (a group sums its members).
+        cams: class map per watched label, float32 (h, w) (a group sums its members' maps).
+        rechecks: re-checks run on this frame, by label.
+        top: the model's top-5 (label, probability) on the whole frame, for reviewers.
+    """
+
+    model: str
+    version: str
+    scores: dict[str, float]
+    cams: dict[str, np.ndarray]
+    rechecks: dict[str, Recheck]
+    top: tuple[tuple[str, float], ...] = ()
+
+    def score(self, label: str) -> float:
+        """The decision score: the max of the whole-frame and re-check probabilities."""
+        p = self.scores[label]
+        rc = self.rechecks.get(label)
+        return max(p, rc.after) if rc else p

@@ -1,0 +1,1 @@
+"""Policies that turn scores over time into verdicts and idempotent alerts."""

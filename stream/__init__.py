@@ -1,0 +1,1 @@
+"""The Faust service, the CLI and the broker-free pipeline they share."""

@@ -1,0 +1,67 @@
+"""The package layout and the import direction between rooms hold."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+
+REPO = Path(__file__).resolve().parents[3]
+ROOMS = ("stream", "decoders", "engines", "rules")
+# who may import whom (besides itself); engines and rules may use decoders' error tree and value types only
+ALLOWED = {
+    "stream": {"decoders", "engines", "rules"},
+    "rules": {"engines", "decoders.errors", "decoders.types"},
+    "engines": {"decoders.errors", "decoders.types"},
+    "decoders": set(),
+}
+
+
+def _modules(room: str):
+    for path in sorted((REPO / room).rglob("*.py")):
+        yield path, ast.parse(path.read_text(), filename=str(path))
+
+
+def test_every_subpackage_is_in_pyproject():
+    conf = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(conf["packages"])
+    found = set()
+    for room in ROOMS:
+        for init in (REPO / room).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO).as_posix().replace("/", ".")
+            found.add("livemod." + rel)
+    assert found == listed
+
+
+@pytest.mark.parametrize("room", ROOMS)
+def test_imports_go_one_way(room):
+    bad = []
+    for path, tree in _modules(room):
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    bad.append(f"{path.name}: relative import")
+                names = [node.module or ""]
+            for name in names:
+                top = name.split(".")[0]
+                if top in ROOMS:
+                    bad.append(f"{path.name}: bare import {name}")
+                if top == "faust" and room != "stream":
+                    bad.append(f"{path.name}: imports faust")
+                if name.startswith("livemod."):
+                    target = name.removeprefix("livemod.")
+                    other = target.split(".")[0]
+                    if other == room:
+                        continue
+                    allowed = ALLOWED[room]
+                    if other not in allowed and ".".join(target.split(".")[:2]) not in allowed:
+                        bad.append(f"{path.name}: {room} imports {name}")
+    assert not bad, bad
