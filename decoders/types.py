@@ -7,7 +7,7 @@ from typing import Callable, Literal
 
 import numpy as np
 
-SampleReason = Literal["keyframe", "interval", "scene", "heartbeat", "image"]
+SampleReason = Literal["keyframe", "interval", "scene", "heartbeat", "image", "duplicate"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,8 @@ class SampledFrame:
         wall_clock: Unix time of the frame: the reference's wall-clock start + pts when the
             ingest gave one, else the time it was decoded.
         keyframe: True when the frame was a keyframe in the bitstream.
-        reason: why it was sampled.
+        reason: why it was sampled; "duplicate" marks a near-duplicate of the stream's last
+            sampled frame, which a caller may score by repeating that frame's result.
         width, height: full-resolution size in pixels.
         images: working-size RGB images, uint8, shape (h, w, 3), one per requested Resize.
         full_rgb: returns the full-resolution RGB frame, uint8 (height, width, 3). It converts
