@@ -87,25 +87,33 @@ def input_to_frame(card: ModelCard, box: NormBox, width: int, height: int) -> tu
 
 
 def expand_box(
-    box: tuple[float, float, float, float], factor: float, width: int, height: int, *, min_side: int = 32
+    box: tuple[float, float, float, float],
+    factor: float,
+    width: int,
+    height: int,
+    *,
+    min_side: int = 32,
+    max_aspect: float = 2.0,
 ) -> Box:
-    """Enlarge a box about its centre, make it square, and clamp it to the frame.
+    """Enlarge a box about its centre and clamp it to the frame (the YY method's x1.5 step).
 
-    Each side is multiplied by ``factor`` (1.5 in the YY method), then the shorter side is
-    grown to the longer so the crop is not distorted when squashed to the network input.
-    A box pushed past an edge is shifted back inside rather than cut, where the frame allows.
+    Each side is multiplied by ``factor``; a side shorter than ``min_side`` pixels, or
+    shorter than 1/``max_aspect`` of the other side, is grown first, so the crop is not
+    squashed out of shape at the network input. The result is clamped (cut) at the frame's
+    edges, not shifted, so no unrelated context is pulled in.
 
     Returns:
         (x0, y0, x1, y1) integer pixels with 0 <= x0 < x1 <= width, 0 <= y0 < y1 <= height.
     """
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    side = max(box[2] - box[0], box[3] - box[1]) * factor
-    side = min(max(side, float(min_side)), float(min(width, height)))
-    x0 = min(max(cx - side / 2, 0.0), width - side)
-    y0 = min(max(cy - side / 2, 0.0), height - side)
-    x0i, y0i = int(round(x0)), int(round(y0))
-    x1i, y1i = min(width, int(round(x0 + side))), min(height, int(round(y0 + side)))
-    return (x0i, y0i, max(x1i, x0i + 1), max(y1i, y0i + 1))
+    bw, bh = max(box[2] - box[0], 1.0), max(box[3] - box[1], 1.0)
+    bw, bh = max(bw, bh / max_aspect), max(bh, bw / max_aspect)
+    bw, bh = max(bw * factor, float(min_side)), max(bh * factor, float(min_side))
+    x0 = max(0, int(round(cx - bw / 2)))
+    y0 = max(0, int(round(cy - bh / 2)))
+    x1 = min(width, int(round(cx + bw / 2)))
+    y1 = min(height, int(round(cy + bh / 2)))
+    return (x0, y0, max(x1, x0 + 1), max(y1, y0 + 1))
 
 
 def tile_boxes(width: int, height: int, grid: int) -> list[Box]:

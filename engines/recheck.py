@@ -29,7 +29,7 @@ class RecheckSpec:
     band: tuple[float, float] = (0.02, 0.5)
     max_boxes: int = 2
     expand: float = 1.5
-    cam_threshold: float = 0.5
+    cam_threshold: float = 0.8
     tiles: int = 0
 
 
