@@ -1,0 +1,152 @@
+"""The pure rules step: evaluate(state, observation, policy) -> (state, verdicts). No I/O, no clock."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from livemod.engines.types import Recheck
+from livemod.rules.policy import Policy, Rule
+from livemod.rules.types import Alert, FrameEvidence, Observation, Verdict
+
+RECENT_FRAMES = 256  # frame ids remembered per stream to recognise replays
+
+
+def alert_id(stream_id: str, policy: str, rule: str, start_wall_clock: float) -> str:
+    """Idempotent alert id: the same incident start gives the same id on every replay."""
+    key = f"{stream_id}\x1f{policy}\x1f{rule}\x1f{round(start_wall_clock * 1000)}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One frame in a rule's window."""
+
+    frame_id: str
+    pts: float
+    wall_clock: float
+    score: float
+    whole: float
+    hit: bool
+    recheck: Recheck | None = None
+
+
+@dataclass(frozen=True)
+class Incident:
+    alert_id: str
+    start_frame_id: str
+    start_wall_clock: float
+    peak: float
+    below: int = 0
+
+
+@dataclass(frozen=True)
+class RuleState:
+    window: tuple[Entry, ...] = ()
+    incident: Incident | None = None
+    last_close: float | None = None
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """Per-stream rule state: windows, open incidents, cooldowns, and recently seen frames.
+
+    Immutable; ``evaluate`` returns a new one. ``to_dict``/``from_dict`` give a JSON-safe form
+    for a changelog-backed table.
+    """
+
+    rules: dict[str, RuleState] = field(default_factory=dict)
+    recent: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"v": 1, "rules": {k: asdict(v) for k, v in self.rules.items()}, "recent": list(self.recent)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "StreamState":
+        if not data:
+            return cls()
+        rules = {}
+        for name, rs in data.get("rules", {}).items():
+            window = tuple(
+                Entry(**{**e, "recheck": _recheck(e.get("recheck"))}) for e in rs.get("window", ())
+            )
+            inc = rs.get("incident")
+            rules[name] = RuleState(window, Incident(**inc) if inc else None, rs.get("last_close"))
+        return cls(rules, tuple(data.get("recent", ())))
+
+    def open_incidents(self) -> dict[str, str]:
+        """rule name -> alert id of each open incident."""
+        return {k: v.incident.alert_id for k, v in self.rules.items() if v.incident}
+
+
+def _recheck(d: dict[str, Any] | None) -> Recheck | None:
+    if not d:
+        return None
+    return Recheck(**{**d, "box": tuple(d["box"])})
+
+
+def _step(rule: Rule, policy: Policy, rs: RuleState, obs: Observation, verdicts: list[Verdict]) -> RuleState:
+    fs = obs.scores.get(rule.model)
+    if fs is None or rule.label not in fs.scores:
+        return rs  # no data for this rule on this frame: the window does not move
+    score = fs.score(rule.label)
+    entry = Entry(obs.frame_id, obs.pts, obs.wall_clock, round(score, 6), round(fs.scores[rule.label], 6),
+                  score >= rule.alert, fs.rechecks.get(rule.label))
+    window = (rs.window + (entry,))[-rule.window.n :]
+    if rule.review <= score < rule.alert:
+        verdicts.append(Verdict("review", rule.name, obs.frame_id, score))
+    inc = rs.incident
+    if inc is not None:
+        if score >= rule.close_threshold:
+            return replace(rs, window=window, incident=replace(inc, peak=max(inc.peak, score), below=0))
+        below = inc.below + 1
+        if below >= rule.close_frames:
+            verdicts.append(Verdict("close", rule.name, obs.frame_id, score, alert_id=inc.alert_id))
+            return RuleState(window=(), incident=None, last_close=obs.wall_clock)
+        return replace(rs, window=window, incident=replace(inc, below=below))
+    hits = [e for e in window if e.hit]
+    cooled = rs.last_close is None or obs.wall_clock - rs.last_close >= rule.cooldown_s
+    if len(hits) < rule.window.k or not cooled:
+        return replace(rs, window=window)
+    start = hits[0]
+    aid = alert_id(obs.stream_id, policy.name, rule.name, start.wall_clock)
+    best = max(hits, key=lambda e: e.score)
+    boxed = [e for e in hits if e.recheck is not None]
+    box_from = max(boxed, key=lambda e: e.recheck.after) if boxed else None  # type: ignore[union-attr]
+    alert = Alert(
+        id=aid,
+        stream_id=obs.stream_id,
+        policy=policy.name,
+        rule=rule.name,
+        model=rule.model,
+        label=rule.label,
+        severity=rule.severity,
+        action=rule.action,
+        score=best.score,
+        threshold=rule.alert,
+        start_frame_id=start.frame_id,
+        start_pts=start.pts,
+        start_wall_clock=start.wall_clock,
+        frames=tuple(FrameEvidence(e.frame_id, e.pts, e.wall_clock, e.score, e.whole, e.recheck) for e in hits),
+        recheck_used=sum(e.whole >= rule.alert for e in window) < rule.window.k,
+        box=box_from.recheck.box if box_from and box_from.recheck else None,
+        model_versions={m: s.version for m, s in obs.scores.items()},
+    )
+    verdicts.append(Verdict("alert", rule.name, obs.frame_id, score, alert=alert, alert_id=aid))
+    return RuleState(window=window, incident=Incident(aid, start.frame_id, start.wall_clock, best.score), last_close=rs.last_close)
+
+
+def evaluate(state: StreamState, obs: Observation, policy: Policy) -> tuple[StreamState, list[Verdict]]:
+    """Apply every rule of the policy to one observation, in stream order.
+
+    A frame already seen (a replay after a crash) returns the state unchanged and no verdicts.
+    """
+    if obs.frame_id in state.recent:
+        return state, []
+    verdicts: list[Verdict] = []
+    rules = dict(state.rules)
+    for rule in policy.rules:
+        rules[rule.name] = _step(rule, policy, rules.get(rule.name, RuleState()), obs, verdicts)
+    recent = (state.recent + (obs.frame_id,))[-RECENT_FRAMES:]
+    return StreamState(rules, recent), verdicts

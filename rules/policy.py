@@ -1,0 +1,155 @@
+"""Policies: which model labels matter, and how scores over time become review items and alerts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from livemod.decoders.errors import ConfigError
+from livemod.engines.card import ModelCard
+
+POLICIES_DIR = Path(__file__).parent / "policies"
+
+
+class Window(BaseModel):
+    """k-of-n: alert when at least k of the last n sampled frames reach the alert threshold."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k: int = Field(default=2, ge=1)
+    n: int = Field(default=3, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _k_le_n(self) -> "Window":
+        if self.k > self.n:
+            raise ValueError(f"window k={self.k} is larger than n={self.n}")
+        return self
+
+
+class RecheckRule(BaseModel):
+    """The Grad-CAM small-object re-check for one rule.
+
+    Attributes:
+        band: [lo, hi) whole-frame probability that triggers it; hi defaults to the alert threshold.
+        max_boxes: K boxes around the hottest regions of the class map.
+        expand: box enlargement (1.5 in the YY method).
+        cam_threshold: fraction of the map's max a region must reach.
+        tiles: grid for the tile pass (objects smaller than one CAM cell); 0 disables it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    band: tuple[float, float] | None = None
+    max_boxes: int = Field(default=2, ge=1, le=16)
+    expand: float = Field(default=1.5, ge=1.0, le=4.0)
+    cam_threshold: float = Field(default=0.8, gt=0, le=1)
+    tiles: int = Field(default=0, ge=0, le=6)
+
+    @model_validator(mode="after")
+    def _band(self) -> "RecheckRule":
+        if self.band is not None and not (0 <= self.band[0] < self.band[1] <= 1.01):
+            raise ValueError(f"recheck band {self.band} must satisfy 0 <= lo < hi <= 1")
+        return self
+
+
+class Rule(BaseModel):
+    """One watched model label (or label group) and what to do about it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+    model: str
+    label: str
+    review: float = Field(ge=0, le=1, description="frames at or above go to the review queue")
+    alert: float = Field(gt=0, le=1, description="a frame at or above counts as a hit")
+    window: Window = Field(default_factory=Window)
+    close_below: float | None = Field(default=None, ge=0, le=1, description="hysteresis: default = review")
+    close_after: int | None = Field(default=None, ge=1, description="frames below to close; default = window.n")
+    cooldown_s: float = Field(default=60.0, ge=0)
+    severity: Literal["low", "medium", "high", "critical"] = "medium"
+    action: Literal["review", "warn", "blur", "interrupt", "terminate"] = "review"
+    recheck: RecheckRule | None = Field(default_factory=RecheckRule)
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> "Rule":
+        if self.alert < self.review:
+            raise ValueError(f"rule {self.name}: alert {self.alert} is below review {self.review}")
+        if self.close_below is not None and self.close_below > self.alert:
+            raise ValueError(f"rule {self.name}: close_below {self.close_below} is above alert {self.alert}")
+        return self
+
+    @property
+    def close_threshold(self) -> float:
+        return self.close_below if self.close_below is not None else self.review
+
+    @property
+    def close_frames(self) -> int:
+        return self.close_after if self.close_after is not None else self.window.n
+
+
+class Webhook(BaseModel):
+    """Where alerts are POSTed (signed with HMAC-SHA256), and for how long delivery is retried."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(pattern=r"^https?://")
+    secret_env: str | None = Field(default=None, description="name of the env var holding the HMAC secret")
+    ttl_s: float = Field(default=300.0, gt=0)
+
+
+class Policy(BaseModel):
+    """A named set of rules applied to a stream."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+    version: str = "1"
+    description: str = ""
+    audit_fraction: float = Field(default=0.01, ge=0, le=1)
+    webhook: Webhook | None = None
+    rules: tuple[Rule, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Policy":
+        names = [r.name for r in self.rules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"policy {self.name}: rule names must be unique")
+        return self
+
+
+def load_policy(path: Path | str) -> Policy:
+    """Read and validate one policy file."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+        return Policy.model_validate(data)
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        raise ConfigError(f"policy {path}: {exc}") from exc
+
+
+def load_policies(directory: Path | str | None = None) -> dict[str, Policy]:
+    """Every ``*.yaml`` policy in a folder (the shipped ones by default), keyed by name."""
+    directory = Path(directory) if directory else POLICIES_DIR
+    if not directory.is_dir():
+        raise ConfigError(f"policies folder {directory} does not exist")
+    out: dict[str, Policy] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        policy = load_policy(path)
+        if policy.name in out:
+            raise ConfigError(f"two policies are named {policy.name!r}")
+        out[policy.name] = policy
+    if not out:
+        raise ConfigError(f"no policies in {directory}")
+    return out
+
+
+def validate_against_cards(policy: Policy, cards: dict[str, ModelCard]) -> None:
+    """Every rule must name a known model and one of its labels or groups."""
+    for rule in policy.rules:
+        card = cards.get(rule.model)
+        if card is None:
+            raise ConfigError(f"policy {policy.name}, rule {rule.name}: unknown model {rule.model!r} (have {sorted(cards)})")
+        if rule.label not in card.labels and rule.label not in card.groups:
+            raise ConfigError(f"policy {policy.name}, rule {rule.name}: model {rule.model} has no label or group {rule.label!r}")
