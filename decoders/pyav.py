@@ -97,7 +97,8 @@ def _map_error(exc: Exception, uri: str, *, local: Path | None = None) -> Livemo
         if local is not None:
             try:
                 size = local.stat().st_size
-                head = local.open("rb").read(16)
+                with local.open("rb") as fh:
+                    head = fh.read(16)
             except OSError:
                 size, head = -1, b""
             if size == 0:

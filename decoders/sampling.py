@@ -137,7 +137,8 @@ class Sampler:
             return None
         h = thumb_hash(thumb) if thumb is not None else None
         if (
-            c.dup_max_distance >= 0
+            reason != "scene"  # a cut is never a duplicate, whatever the hash says (it ignores brightness)
+            and c.dup_max_distance >= 0
             and h is not None
             and s.last_hash is not None
             and hamming(h, s.last_hash) <= c.dup_max_distance

@@ -132,7 +132,7 @@ def write_image(path: Path | str, rgb: np.ndarray) -> Path:
     return path
 
 
-def test_pattern(n: int, width: int = 320, height: int = 240, *, moving: bool = True, seed: int = 0) -> Iterable[np.ndarray]:
+def pattern_frames(n: int, width: int = 320, height: int = 240, *, moving: bool = True, seed: int = 0) -> Iterable[np.ndarray]:
     """Frames of a moving gradient with a frame counter bar: cheap, deterministic, not duplicates."""
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 255, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
