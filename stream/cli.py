@@ -1,0 +1,243 @@
+"""The `livemod` command: moderate, demo, worker, check-config, models prepare / fp16."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from pydantic import ValidationError
+
+from livemod.decoders.errors import LivemodError
+from livemod.stream.settings import Settings
+
+log = logging.getLogger("livemod")
+
+EXIT_OK, EXIT_FATAL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings from the environment (LIVEMOD_*), then the command-line flags on top."""
+    s = Settings()
+    eng, rules = s.engines.model_copy(), s.rules.model_copy()
+    if getattr(args, "engine", None):
+        eng.engine = args.engine
+    if getattr(args, "models_dir", None):
+        eng.models_dir = Path(args.models_dir)
+    if getattr(args, "cards_dir", None):
+        eng.cards_dir = Path(args.cards_dir)
+    if getattr(args, "threads", None) is not None:
+        eng.threads = args.threads
+    if getattr(args, "policies_dir", None):
+        rules.policies_dir = Path(args.policies_dir)
+    if getattr(args, "policy", None):
+        rules.default_policy = args.policy
+    if getattr(args, "out", None):
+        rules.evidence_dir = Path(args.out) / "evidence"
+        rules.review_dir = Path(args.out) / "review"
+    if getattr(args, "no_evidence", False):
+        rules.write_evidence = False
+    return s.model_copy(update={"engines": eng, "rules": rules})
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=["auto", "tensorrt", "onnxruntime"], help="backend (default: settings, auto)")
+    p.add_argument("--models-dir", help="model cache folder (default .cache/livemod/models)")
+    p.add_argument("--cards-dir", help="model cards folder (default: the shipped cards)")
+    p.add_argument("--policies-dir", help="policies folder (default: the shipped policies)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (0 = all cores)")
+
+
+# ---- commands ------------------------------------------------------------------------------
+
+
+def cmd_models_prepare(args: argparse.Namespace) -> int:
+    from livemod.engines.prepare import prepare_models
+
+    s = _settings(args)
+    paths = prepare_models(s.engines.models_dir, args.only or None, force=args.force, log=_err)
+    for name, path in paths.items():
+        print(f"{name}\t{path}")
+    return EXIT_OK
+
+
+def cmd_models_fp16(args: argparse.Namespace) -> int:
+    from livemod.engines.fp16 import fp16_command
+
+    s = _settings(args)
+    print(fp16_command(args.name, s.engines.models_dir))
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from livemod.engines.card import load_cards
+    from livemod.rules.policy import load_policies, validate_against_cards
+
+    s = _settings(args)
+    cards = load_cards(s.engines.cards_dir)
+    policies = load_policies(s.rules.policies_dir)
+    for policy in policies.values():
+        validate_against_cards(policy, cards)
+    if s.rules.default_policy not in policies:
+        raise LivemodError(f"default policy {s.rules.default_policy!r} not among {sorted(policies)}", reason="bad_config")
+    missing = [c.name for c in cards.values() if not c.path(s.engines.models_dir).is_file()]
+    print(f"settings: ok (engine={s.engines.engine}, models_dir={s.engines.models_dir})")
+    print(f"model cards: {', '.join(sorted(cards))}")
+    print(f"policies: {', '.join(f'{p.name} ({len(p.rules)} rules)' for p in policies.values())}")
+    if missing:
+        print(f"models not prepared yet: {', '.join(missing)} (run `livemod models prepare`)")
+    return EXIT_OK
+
+
+class Progress:
+    """Periodic status lines on stderr for long work."""
+
+    def __init__(self, every_s: float = 2.0) -> None:
+        self.every_s = every_s
+        self.start = self.last = time.monotonic()
+        self.frames = self.rechecks = self.alerts = 0
+
+    def tick(self, label: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last >= self.every_s:
+            self.last = now
+            el = now - self.start
+            _err(
+                f"[{el:6.1f}s] {label}: {self.frames} frames ({self.frames / max(el, 1e-9):.1f}/s), "
+                f"{self.rechecks} re-checks, {self.alerts} alerts"
+            )
+
+
+def moderate_uris(settings: Settings, uris: Sequence[str], *, stream_id: str | None = None) -> tuple[dict[str, Any], int]:
+    """Run the embedded pipeline over URIs; alerts go to stdout as JSON lines. Returns (summary, exit code)."""
+    from livemod.rules.engine import StreamState
+    from livemod.stream.pipeline import Moderator
+    from livemod.stream.schemas import FrameRef
+
+    moderator = Moderator(settings)
+    _err(f"backend: {moderator.choice.backend} ({moderator.choice.reason}); models: {', '.join(moderator.models)}")
+    progress = Progress()
+    summary: dict[str, Any] = {"inputs": len(uris), "failed": [], "frames": 0, "alerts": 0, "reviews": 0,
+                               "alerts_needing_recheck": 0, "rechecks": 0, "seconds": 0.0}
+    t0 = time.monotonic()
+    for n, uri in enumerate(uris):
+        sid = stream_id or Path(uri).stem or f"stream-{n}"
+        live = uri.split(":", 1)[0] in ("rtmp", "rtmps", "rtsp")
+        ref = FrameRef(stream_id=sid, uri=uri, kind="live" if live else "segment", seq=n, wall_start=time.time())
+        try:
+            for _frame, scores, decision, _state in moderator.moderate(ref, StreamState(), batch=1 if live else None):
+                progress.frames += 1
+                progress.rechecks += sum(len(fs.rechecks) for fs in scores.values())
+                for alert in decision.alerts:
+                    progress.alerts += 1
+                    summary["alerts_needing_recheck"] += bool(alert.get("recheck_used"))
+                    print(json.dumps(alert, sort_keys=True), flush=True)
+                summary["reviews"] += len(decision.reviews)
+                progress.tick(sid)
+        except LivemodError as exc:
+            kind = "retriable" if exc.retriable else "not retriable"
+            _err(f"error: {uri}: {type(exc).__name__} [{exc.reason}, {kind}]: {exc}")
+            summary["failed"].append({"uri": uri, "error": type(exc).__name__, "reason": exc.reason, "message": str(exc)})
+        progress.tick(sid, force=True)
+    summary.update(frames=progress.frames, alerts=progress.alerts, rechecks=progress.rechecks,
+                   seconds=round(time.monotonic() - t0, 2))
+    return summary, (EXIT_BAD_INPUT if summary["failed"] else EXIT_OK)
+
+
+def cmd_moderate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    summary, code = moderate_uris(settings, args.uris, stream_id=args.stream_id)
+    _err("summary: " + json.dumps(summary, sort_keys=True))
+    return code
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if args.embedded:
+        from livemod.stream.demo import run_embedded_demo
+
+        return run_embedded_demo(_settings(args), Path(args.out or "out/demo"), seconds=args.seconds)
+    from livemod.stream.service import run_default
+
+    return run_default(_settings(args), out=Path(args.out or "out/demo"), seconds=args.seconds)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from livemod.stream.service import run_worker
+
+    return run_worker(_settings(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="livemod", description="Streaming video moderation for live broadcasts.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("moderate", help="moderate media URIs in-process; alerts as JSON lines on stdout")
+    m.add_argument("uris", nargs="+", help="files, http(s) URLs, HLS playlists, rtmp/rtsp URLs, images")
+    m.add_argument("--policy", help="policy name (default: settings' default policy)")
+    m.add_argument("--stream-id", help="stream id for all inputs (default: each file's stem)")
+    m.add_argument("--out", help="folder for evidence and review output (default out/)")
+    m.add_argument("--no-evidence", action="store_true", help="do not write evidence images")
+    _add_common(m)
+    m.set_defaults(func=cmd_moderate)
+
+    d = sub.add_parser("demo", help="the sample broadcast: service on the embedded broker (or --embedded)")
+    d.add_argument("--embedded", action="store_true", help="broker-free: run the pipeline in-process")
+    d.add_argument("--seconds", type=float, default=12.0, help="length of each sample stream")
+    d.add_argument("--out", help="output folder (default out/demo)")
+    _add_common(d)
+    d.set_defaults(func=cmd_demo, policy=None)
+
+    w = sub.add_parser("worker", help="run a worker against a Kafka cluster (settings from LIVEMOD_* env)")
+    _add_common(w)
+    w.set_defaults(func=cmd_worker)
+
+    c = sub.add_parser("check-config", help="validate settings, policies and model cards without running")
+    c.add_argument("--policy", help="default policy to check for")
+    _add_common(c)
+    c.set_defaults(func=cmd_check_config)
+
+    models = sub.add_parser("models", help="model preparation")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    mp = msub.add_parser("prepare", help="derive the shipped models into the cache folder (no network)")
+    mp.add_argument("--only", action="append", help="prepare only this model (repeatable)")
+    mp.add_argument("--force", action="store_true", help="rebuild even when the file matches its card")
+    _add_common(mp)
+    mp.set_defaults(func=cmd_models_prepare)
+    mf = msub.add_parser("fp16", help="convert a model to FP16 with ModelOpt AutoCast and compare with FP32")
+    mf.add_argument("name", help="model card name")
+    _add_common(mf)
+    mf.set_defaults(func=cmd_models_fp16)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except ValidationError as exc:
+        _err(f"fatal: invalid settings: {exc}")
+        return EXIT_FATAL
+    except LivemodError as exc:
+        _err(f"fatal: {type(exc).__name__} [{exc.reason}]: {exc}")
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

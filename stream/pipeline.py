@@ -1,0 +1,296 @@
+"""The broker-free moderation pipeline that the CLI and the Faust agents share.
+
+decode (PyAV, sampling) -> score (batched engines + Grad-CAM re-check) -> judge (rules,
+evidence, audit sampling). The stages are separate so the service can batch frames from many
+streams between ``decode`` and ``judge`` while keeping each stream's order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from livemod.decoders.pyav import decode
+from livemod.decoders.sampling import SamplerState
+from livemod.decoders.types import Resize, SampledFrame
+from livemod.engines.backend import BackendChoice, choose, load_classifier
+from livemod.engines.card import ModelCard, load_cards
+from livemod.engines.recheck import RecheckSpec, Scorer, ScoreRequest, Watch
+from livemod.engines.types import FrameScores
+from livemod.rules.engine import StreamState, evaluate
+from livemod.rules.evidence import audit_pick, write_evidence
+from livemod.rules.policy import Policy, load_policies, validate_against_cards
+from livemod.rules.types import Alert, Observation
+from livemod.decoders.errors import ConfigError
+from livemod.stream.schemas import FrameRef
+from livemod.stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Decision:
+    """What judging one frame produced.
+
+    Attributes:
+        alerts: alert records ready to publish (JSON-safe dicts, evidence paths filled).
+        reviews: review-queue records: frames in the review band and audit samples.
+        closed: ids of incidents that closed on this frame.
+    """
+
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    reviews: list[dict[str, Any]] = field(default_factory=list)
+    closed: list[str] = field(default_factory=list)
+
+
+def frame_id(ref: FrameRef, frame: SampledFrame) -> str:
+    """A deterministic id of a sampled frame: the reference's key and the PTS in ms."""
+    return f"{ref.key}@{round(frame.pts * 1000)}"
+
+
+class Moderator:
+    """Decoders, engines and rules put together, with no transport.
+
+    Args:
+        settings: the root settings.
+        models: restrict to these model names (default: the models any policy uses).
+    """
+
+    def __init__(self, settings: Settings, *, models: Sequence[str] | None = None) -> None:
+        self.settings = settings
+        self.cards: dict[str, ModelCard] = load_cards(settings.engines.cards_dir)
+        self.policies: dict[str, Policy] = load_policies(settings.rules.policies_dir)
+        if settings.rules.default_policy not in self.policies:
+            raise ConfigError(
+                f"default policy {settings.rules.default_policy!r} not found (have {sorted(self.policies)})"
+            )
+        for policy in self.policies.values():
+            validate_against_cards(policy, self.cards)
+        used = sorted({r.model for p in self.policies.values() for r in p.rules})
+        self.models = list(models) if models is not None else used
+        self.choice: BackendChoice = choose(settings.engines.engine)
+        log.info("engine backend: %s (%s)", self.choice.backend, self.choice.reason)
+        e = settings.engines
+        classifiers = {
+            name: load_classifier(
+                self.cards[name],
+                e.models_dir,
+                self.choice,
+                threads=e.threads,
+                max_batch=e.max_batch,
+                opt_batch=e.opt_batch,
+                workspace_mb=e.workspace_mb,
+                engine_cache_dir=e.engine_cache_dir,
+            )
+            for name in self.models
+        }
+        self.on_batch: Callable[[str, int, str], None] | None = None
+        self.scorer = Scorer(classifiers, on_batch=self._batch_hook)
+        self._watches: dict[str, dict[str, list[Watch]]] = {}
+        self._last: OrderedDict[str, dict[str, FrameScores]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _batch_hook(self, model: str, size: int, stage: str) -> None:
+        if self.on_batch:
+            self.on_batch(model, size, stage)
+
+    # ---- configuration views -----------------------------------------------------------
+
+    def policy(self, name: str | None) -> Policy:
+        """The named policy, or the default one."""
+        key = name or self.settings.rules.default_policy
+        try:
+            return self.policies[key]
+        except KeyError:
+            raise ConfigError(f"unknown policy {key!r} (have {sorted(self.policies)})", reason="unknown_policy") from None
+
+    def watches(self, policy: Policy) -> dict[str, list[Watch]]:
+        """Model name -> the labels the policy watches there, with their re-check settings."""
+        with self._lock:
+            if policy.name not in self._watches:
+                out: dict[str, list[Watch]] = {}
+                for rule in policy.rules:
+                    if rule.model not in self.scorer.classifiers:
+                        continue
+                    spec = None
+                    if rule.recheck is not None:
+                        rc = rule.recheck
+                        band = tuple(rc.band) if rc.band is not None else (0.02, rule.alert)
+                        spec = RecheckSpec(
+                            band=(float(band[0]), float(band[1])),
+                            max_boxes=rc.max_boxes,
+                            expand=rc.expand,
+                            cam_threshold=rc.cam_threshold,
+                            tiles=rc.tiles,
+                        )
+                    lst = out.setdefault(rule.model, [])
+                    if all(w.label != rule.label for w in lst):
+                        lst.append(Watch(rule.label, spec))
+                self._watches[policy.name] = out
+            return self._watches[policy.name]
+
+    def sizes(self, policy: Policy) -> list[Resize]:
+        """The working-size images the decoder must produce for the policy's models."""
+        return sorted({self.cards[m].working_size for m in self.watches(policy)}, key=lambda r: (r.width, r.height))
+
+    # ---- the three stages --------------------------------------------------------------
+
+    def decode(
+        self, ref: FrameRef, state: SamplerState | None = None, stop: threading.Event | None = None
+    ) -> Iterator[SampledFrame]:
+        """Sample frames of one reference (PyAV, in the caller's thread)."""
+        return decode(
+            ref.uri,
+            stream_id=ref.stream_id,
+            sizes=self.sizes(self.policy(ref.policy)),
+            config=self.settings.decoder,
+            wall_start=ref.wall_start,
+            state=state,
+            stop=stop,
+        )
+
+    def score(self, items: Sequence[tuple[SampledFrame, Policy]]) -> list[dict[str, FrameScores]]:
+        """Classify frames from any streams as batches (one per model), with the re-check.
+
+        A near-duplicate frame (reason "duplicate") repeats its stream's last result when
+        that is known and covers the same models; otherwise it is classified like any other.
+        Call it from one thread at a time (the batcher's).
+        """
+        results: list[dict[str, FrameScores] | None] = [None] * len(items)
+        todo: list[int] = []
+        for i, (frame, policy) in enumerate(items):
+            last = self._last.get(frame.stream_id)
+            if frame.reason == "duplicate" and last is not None and set(self.watches(policy)) <= set(last):
+                results[i] = last
+            else:
+                todo.append(i)
+        if todo:
+            scored = self.scorer.score([ScoreRequest(items[i][0], self.watches(items[i][1])) for i in todo])
+            for i, res in zip(todo, scored):
+                results[i] = res
+        for (frame, _policy), res in zip(items, results):
+            self._last[frame.stream_id] = res  # type: ignore[assignment]
+            self._last.move_to_end(frame.stream_id)
+        while len(self._last) > 10_000:
+            self._last.popitem(last=False)
+        return results  # type: ignore[return-value]
+
+    def judge(
+        self,
+        state: StreamState,
+        ref: FrameRef,
+        frame: SampledFrame,
+        scores: dict[str, FrameScores],
+        policy: Policy,
+        *,
+        decided_at: float | None = None,
+    ) -> tuple[StreamState, Decision]:
+        """Run the policy's rules on one frame (in stream order) and build alert and review records."""
+        fid = frame_id(ref, frame)
+        obs = Observation(
+            stream_id=ref.stream_id, frame_id=fid, pts=frame.pts, wall_clock=frame.wall_clock, scores=scores
+        )
+        state, verdicts = evaluate(state, obs, policy)
+        decision = Decision()
+        now = decided_at if decided_at is not None else time.time()
+        for verdict in verdicts:
+            if verdict.kind == "alert" and verdict.alert is not None:
+                decision.alerts.append(self._alert_record(verdict.alert, ref, frame, scores, policy, now))
+            elif verdict.kind == "review":
+                decision.reviews.append(self._review_record("review_band", ref, frame, scores, policy, verdict.rule))
+            elif verdict.kind == "close" and verdict.alert_id:
+                decision.closed.append(verdict.alert_id)
+        if not verdicts and policy.audit_fraction > 0 and audit_pick(fid, policy.audit_fraction):
+            decision.reviews.append(self._review_record("audit", ref, frame, scores, policy, None))
+        return state, decision
+
+    # ---- records -----------------------------------------------------------------------
+
+    def _alert_record(
+        self,
+        alert: Alert,
+        ref: FrameRef,
+        frame: SampledFrame,
+        scores: dict[str, FrameScores],
+        policy: Policy,
+        now: float,
+    ) -> dict[str, Any]:
+        evidence: dict[str, str] = {}
+        if self.settings.rules.write_evidence:
+            fs = scores.get(alert.model)
+            cam = fs.cams.get(alert.label) if fs else None
+            caption = f"{alert.rule}: {alert.model}:{alert.label} {alert.score:.2f}"
+            if alert.recheck_used:
+                caption += " (re-check)"
+            evidence = write_evidence(
+                Path(self.settings.rules.evidence_dir), alert.id, frame.full_rgb(), cam, alert.box, caption
+            )
+        record = alert.to_dict()
+        record["evidence"] = evidence
+        record["source"] = {"uri": ref.uri, "seq": ref.seq, "kind": ref.kind, "metadata": dict(ref.metadata)}
+        record["tenant"] = ref.tenant
+        record["backend"] = self.choice.backend
+        record["latency"] = {
+            "decided_at": round(now, 3),
+            "segment_to_decision_s": round(now - frame.wall_clock, 3),
+        }
+        return record
+
+    def _review_record(
+        self,
+        kind: str,
+        ref: FrameRef,
+        frame: SampledFrame,
+        scores: dict[str, FrameScores],
+        policy: Policy,
+        rule: str | None,
+    ) -> dict[str, Any]:
+        return {
+            "kind": kind,
+            "stream_id": ref.stream_id,
+            "frame_id": frame_id(ref, frame),
+            "pts": round(frame.pts, 3),
+            "wall_clock": round(frame.wall_clock, 3),
+            "policy": policy.name,
+            "rule": rule,
+            "uri": ref.uri,
+            "scores": {m: {lb: round(fs.score(lb), 4) for lb in fs.scores} for m, fs in scores.items()},
+            "top": {m: [list(t) for t in fs.top] for m, fs in scores.items()},
+        }
+
+    # ---- broker-free loop ----------------------------------------------------------------
+
+    def moderate(
+        self,
+        ref: FrameRef,
+        state: StreamState | None = None,
+        sampler: SamplerState | None = None,
+        *,
+        batch: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[tuple[SampledFrame, dict[str, FrameScores], Decision, StreamState]]:
+        """Decode, score in batches and judge one reference, yielding per frame in order."""
+        policy = self.policy(ref.policy)
+        state = state if state is not None else StreamState()
+        size = batch or self.settings.engines.max_batch
+        pending: list[SampledFrame] = []
+
+        def flush() -> Iterator[tuple[SampledFrame, dict[str, FrameScores], Decision, StreamState]]:
+            nonlocal state
+            results = self.score([(f, policy) for f in pending])
+            for f, scores in zip(pending, results):
+                state, decision = self.judge(state, ref, f, scores, policy)
+                yield f, scores, decision, state
+            pending.clear()
+
+        for frame in self.decode(ref, sampler, stop):
+            pending.append(frame)
+            if len(pending) >= size:
+                yield from flush()
+        if pending:
+            yield from flush()

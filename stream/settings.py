@@ -1,0 +1,98 @@
+"""The one root Settings object (pydantic-settings, env prefix LIVEMOD_, nested with __)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from livemod.decoders.config import DecoderConfig
+
+DEFAULT_CACHE = Path(".cache/livemod")
+
+
+class EngineSettings(BaseModel):
+    """Which backend runs the models, and how batches are formed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: Literal["auto", "tensorrt", "onnxruntime"] = "auto"
+    models_dir: Path = DEFAULT_CACHE / "models"
+    cards_dir: Path | None = Field(default=None, description="model cards folder; the shipped cards when unset")
+    threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores")
+    max_batch: int = Field(default=16, ge=1, le=1024)
+    batch_wait_ms: float = Field(default=10.0, ge=0, description="the batcher's longest wait for a fuller batch")
+    opt_batch: int = Field(default=8, ge=1, description="TensorRT optimization profile's opt batch")
+    workspace_mb: int = Field(default=1024, ge=16, description="TensorRT builder workspace")
+    engine_cache_dir: Path = DEFAULT_CACHE / "engines"
+
+
+class RulesSettings(BaseModel):
+    """Where policies come from and where evidence goes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policies_dir: Path | None = Field(default=None, description="policy YAML folder; the shipped ones when unset")
+    default_policy: str = "default"
+    evidence_dir: Path = Path("out/evidence")
+    review_dir: Path = Path("out/review")
+    write_evidence: bool = True
+
+
+class KafkaSettings(BaseModel):
+    """Broker connection and topics."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bootstrap_servers: str = "kafka://127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    app_id: str = "livemod"
+    frame_refs_topic: str = "frame-refs"
+    alerts_topic: str = "alerts"
+    dlq_topic: str = "frame-refs-dlq"
+    callbacks_dlq_topic: str = "alert-callbacks-dlq"
+    reviews_topic: str = "reviews"
+    partitions: int = Field(default=8, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    session_timeout_s: float = 30.0
+    heartbeat_interval_s: float = 3.0
+    rebalance_timeout_s: float = 60.0
+    producer_max_batch_size: int | None = Field(
+        default=None, description="set to 1 on brokers whose end_offsets are wrong for multi-record batches"
+    )
+
+
+class WorkerSettings(BaseModel):
+    """Concurrency, retries and the HTTP endpoint of one worker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(default=None, description="worker id; host name and pid when unset")
+    max_in_flight: int = Field(default=8, ge=1, description="references being handled at once")
+    decode_threads: int = Field(default=2, ge=1)
+    retries: int = Field(default=3, ge=0)
+    retry_backoff_s: float = Field(default=0.5, gt=0)
+    retry_backoff_max_s: float = Field(default=10.0, gt=0)
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=0, le=65535)
+
+
+class Settings(BaseSettings):
+    """Everything livemod can be told, in one object loaded at the composition root."""
+
+    model_config = SettingsConfigDict(env_prefix="LIVEMOD_", env_nested_delimiter="__", extra="forbid")
+
+    decoder: DecoderConfig = Field(default_factory=DecoderConfig)
+    engines: EngineSettings = Field(default_factory=EngineSettings)
+    rules: RulesSettings = Field(default_factory=RulesSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
