@@ -39,7 +39,9 @@ class Decision:
 
     Attributes:
         alerts: alert records ready to publish (JSON-safe dicts, evidence paths filled).
-        reviews: review-queue records: frames in the review band and audit samples.
+        reviews: review-queue records: frames in the review band ("review_band"), audit
+            samples of frames that raised nothing ("audit"), and closed incidents
+            ("incident_closed", with the alert id).
         closed: ids of incidents that closed on this frame.
     """
 
@@ -205,6 +207,9 @@ class Moderator:
                 decision.reviews.append(self._review_record("review_band", ref, frame, scores, policy, verdict.rule))
             elif verdict.kind == "close" and verdict.alert_id:
                 decision.closed.append(verdict.alert_id)
+                closed = self._review_record("incident_closed", ref, frame, scores, policy, verdict.rule)
+                closed["alert_id"] = verdict.alert_id
+                decision.reviews.append(closed)
         if not verdicts and policy.audit_fraction > 0 and audit_pick(fid, policy.audit_fraction):
             decision.reviews.append(self._review_record("audit", ref, frame, scores, policy, None))
         return state, decision

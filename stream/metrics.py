@@ -1,0 +1,38 @@
+"""Prometheus metrics of one worker (own registry, so several workers can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34, 60)
+FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
+
+
+class Metrics:
+    """Every metric a worker exports; names are prefixed ``livemod_``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.refs = Counter("livemod_references_consumed", "frame-refs messages consumed", ["outcome"], registry=r)
+        self.frames_decoded = Counter("livemod_frames_decoded", "frames the decoder produced", registry=r)
+        self.frames_sampled = Counter("livemod_frames_sampled", "frames sampled for classification", ["reason"], registry=r)
+        self.frames_duplicate = Counter("livemod_frames_skipped_duplicate", "near-duplicates that reused the last scores", registry=r)
+        self.frames_classified = Counter("livemod_frames_classified", "images classified", ["model", "stage"], registry=r)
+        self.batch_size = Histogram("livemod_batch_size", "engine batch size", ["model", "stage"], buckets=BATCH_BUCKETS, registry=r)
+        self.decode_seconds = Histogram("livemod_decode_seconds", "decode time per reference", buckets=LATENCY_BUCKETS, registry=r)
+        self.infer_seconds = Histogram("livemod_inference_seconds", "engine time per cross-stream batch", buckets=FAST_BUCKETS, registry=r)
+        self.e2e_seconds = Histogram("livemod_end_to_end_seconds", "frame wall clock to decision", buckets=LATENCY_BUCKETS, registry=r)
+        self.rechecks = Counter("livemod_rechecks", "re-checks run", ["model", "label", "positive"], registry=r)
+        self.alerts = Counter("livemod_alerts", "alerts published", ["rule", "label", "severity"], registry=r)
+        self.reviews = Counter("livemod_reviews", "review items published", ["kind"], registry=r)
+        self.dlq = Counter("livemod_dlq_messages", "messages sent to a dead-letter topic", ["topic", "reason"], registry=r)
+        self.retries = Counter("livemod_retries", "retries of retriable errors", ["reason"], registry=r)
+        self.callbacks = Counter("livemod_callbacks", "webhook deliveries", ["outcome"], registry=r)
+        self.in_flight = Gauge("livemod_references_in_flight", "references being handled", registry=r)
+        self.lag = Gauge("livemod_consumer_lag", "highwater minus committed offset", ["topic", "partition"], registry=r)
+        self.backend = Gauge("livemod_engine_backend", "1 for the backend in use", ["backend", "reason"], registry=r)
+        self.ready = Gauge("livemod_ready", "1 when partitions are assigned and models loaded", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,350 @@
+"""The Faust service against a real Kafka-protocol broker (Tansu, started by the tests).
+
+Workers run as real `livemod worker` processes, so they can be killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import http.server
+import json
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from livemod.decoders.synth import write_hls
+from livemod.stream.broker import EmbeddedBroker, free_port
+from livemod.stream.demo import Scene, broadcast_frames
+from livemod.stream.embedded import http_get, scrape, start_worker
+from livemod.stream.schemas import FrameRef
+from livemod.stream.service import create_topics, service_topics
+from livemod.stream.settings import Settings
+
+pytestmark = pytest.mark.broker
+REPO = Path(__file__).resolve().parents[2]
+PARTITIONS = 4
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    with EmbeddedBroker(log_file=tmp_path_factory.mktemp("broker") / "tansu.log") as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def segments(tmp_path_factory) -> dict[str, list[Path]]:
+    """Two streams of 2 s MPEG-TS segments: 'cat' shows the small PiP cat from 2 s to 8 s, 'plain' never."""
+    root = tmp_path_factory.mktemp("segments")
+    out = {}
+    for name, scene in (
+        ("cat", Scene(width=960, height=540, fps=4, seconds=12, cat_from=2.0, cat_to=8.0)),
+        ("plain", Scene(width=960, height=540, fps=4, seconds=12, background="astronaut", cat_from=1e9, cat_to=1e9)),
+    ):
+        pl = write_hls(root / name, broadcast_frames(scene), fps=4, segment_seconds=1.0)
+        out[name] = sorted(pl.parent.glob("seg*.ts"))
+    return out
+
+
+def make_settings(broker: EmbeddedBroker, tmp: Path, models_dir: Path, segments_root: Path, **over: Any) -> Settings:
+    s = Settings()
+    tag = uuid.uuid4().hex[:8]
+    kafka = s.kafka.model_copy(update={
+        "bootstrap_servers": broker.url, "app_id": f"livemod-test-{tag}", "frame_refs_topic": f"refs-{tag}",
+        "alerts_topic": f"alerts-{tag}", "dlq_topic": f"dlq-{tag}", "reviews_topic": f"reviews-{tag}",
+        "callbacks_dlq_topic": f"cbdlq-{tag}", "partitions": PARTITIONS, "producer_max_batch_size": 1,
+        "session_timeout_s": 4.0, "heartbeat_interval_s": 1.0, "rebalance_timeout_s": 10.0, **over.pop("kafka", {})})
+    return s.model_copy(update={
+        "kafka": kafka,
+        "engines": s.engines.model_copy(update={"models_dir": models_dir, "threads": 1, "batch_wait_ms": 20}),
+        "rules": s.rules.model_copy(update={"default_policy": "demo", "evidence_dir": tmp / "evidence",
+                                            "review_dir": tmp / "review", **over.pop("rules", {})}),
+        "decoder": s.decoder.model_copy(update={"file_roots": (segments_root, tmp)}),
+        "worker": s.worker.model_copy(update={"web_port": free_port(), "retries": 1, "retry_backoff_s": 0.2,
+                                              **over.pop("worker", {})}),
+    })
+
+
+class Running:
+    """A worker process and its HTTP endpoint."""
+
+    def __init__(self, settings: Settings, log: Path, worker_id: str) -> None:
+        s = settings.model_copy(update={"worker": settings.worker.model_copy(update={"web_port": free_port(), "id": worker_id})})
+        self.base = f"http://127.0.0.1:{s.worker.web_port}"
+        self.log = log
+        self.proc = start_worker(s, log)
+
+    def wait_ready(self, timeout: float = 60) -> dict[str, Any]:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker died: {self.log.read_text()[-3000:]}")
+            status, body = http_get(f"{self.base}/ready")
+            if status == 200:
+                return json.loads(body)
+            time.sleep(0.3)
+        raise AssertionError(f"worker not ready: {self.log.read_text()[-3000:]}")
+
+    def metric(self, name: str) -> float:
+        return scrape(f"{self.base}/metrics").get(name, 0.0)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+
+
+def publish(broker: EmbeddedBroker, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+    async def go() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await p.start()
+        try:
+            for key, value in messages:
+                await p.send_and_wait(topic, value, key=key)
+        finally:
+            await p.stop()
+
+    asyncio.run(go())
+
+
+def consume(broker: EmbeddedBroker, topic: str, until: Callable[[list[Any]], bool], timeout: float = 60) -> list[Any]:
+    """Read a topic from the start until ``until(records)`` holds or the timeout passes."""
+
+    async def go() -> list[Any]:
+        c = AIOKafkaConsumer(topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False)
+        await c.start()
+        out: list[Any] = []
+        try:
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < timeout and not until(out):
+                batch = await c.getmany(timeout_ms=300)
+                for recs in batch.values():
+                    out.extend(recs)
+        finally:
+            await c.stop()
+        return out
+
+    return asyncio.run(go())
+
+
+def refs_for(stream_id: str, segs: list[Path], wall0: float, policy: str | None = None) -> list[tuple[bytes, bytes]]:
+    return [(stream_id.encode(), FrameRef(stream_id=stream_id, uri=str(p), seq=i, wall_start=wall0 + i, duration=1.0,
+                                          policy=policy).to_bytes()) for i, p in enumerate(segs)]
+
+
+def test_references_to_alerts_and_every_bad_message_to_the_dlq(broker, segments, models_dir, tmp_path):
+    s = make_settings(broker, tmp_path, models_dir, segments["cat"][0].parent.parent)
+    asyncio.run(create_topics(broker.bootstrap, service_topics(s)))
+    corrupt = tmp_path / "corrupt.ts"
+    corrupt.write_bytes(b"\x47" + b"\x00" * 500)
+    bad = [
+        (b"b1", b"{not json"),
+        (b"b2", b'{"v": 9, "stream_id": "b2", "uri": "x.ts"}'),
+        (b"b3", b'{"v": 1, "uri": "x.ts"}'),
+        (b"b4", FrameRef(stream_id="b4", uri="/etc/passwd").to_bytes()),
+        (b"b5", FrameRef(stream_id="b5", uri=str(corrupt)).to_bytes()),
+        (b"b6", FrameRef(stream_id="b6", uri=str(segments["plain"][0]), policy="no-such-policy").to_bytes()),
+    ]
+    wall0 = 1_750_000_000.0
+    publish(broker, s.kafka.frame_refs_topic, bad + refs_for("cam-cat", segments["cat"], wall0)
+            + refs_for("cam-plain", segments["plain"], wall0))
+    w = Running(s, tmp_path / "w1.log", "w1")
+    try:
+        w.wait_ready()
+        dead = consume(broker, s.kafka.dlq_topic, lambda r: len(r) >= len(bad))
+        reasons = {json.loads(r.value)["key"]: json.loads(r.value)["reason"] for r in dead}
+        assert reasons == {"b1": "bad_json", "b2": "unknown_version", "b3": "invalid_fields", "b4": "forbidden_source",
+                           "b5": "truncated_media", "b6": "unknown_policy"}
+        one = json.loads(dead[0].value)
+        assert one["worker_id"] == "w1" and one["attempts"] >= 1 and one["value"] and one["error_class"]
+        alerts = consume(broker, s.kafka.alerts_topic, lambda r: len(r) >= 1)
+        t0 = time.monotonic()
+        total = len(bad) + len(segments["cat"]) + len(segments["plain"])
+        while w.metric("livemod_references_consumed_total") < total and time.monotonic() - t0 < 60:
+            time.sleep(0.3)
+        assert w.metric("livemod_references_consumed_total") == total, "the worker kept going after every bad message"
+        alerts = consume(broker, s.kafka.alerts_topic, lambda r: False, timeout=2)
+        assert len(alerts) == 1, "one incident, one alert"
+        alert = json.loads(alerts[0].value)
+        assert dict(alerts[0].headers)["alert-id"].decode() == alert["id"]
+        assert alert["stream_id"] == "cam-cat" and alert["recheck_used"] and alert["box"]
+        assert alert["latency"]["segment_to_decision_s"] > 0 and alert["evidence"]["heatmap"].endswith("-heatmap.jpg")
+        assert alerts[0].key == b"cam-cat"
+        status, body = http_get(f"{w.base}/metrics")
+        text = body.decode()
+        for name in ("livemod_frames_decoded_total", "livemod_batch_size_bucket", "livemod_end_to_end_seconds_bucket",
+                     "livemod_dlq_messages_total", "livemod_rechecks_total", "livemod_consumer_lag",
+                     "livemod_references_in_flight", "livemod_alerts_total"):
+            assert name in text, name
+        assert http_get(f"{w.base}/health")[0] == 200
+    finally:
+        w.stop()
+    assert w.proc.returncode == 0, w.log.read_text()[-2000:]
+
+
+def test_sigkill_mid_batch_loses_nothing_and_duplicates_no_incident(broker, segments, models_dir, tmp_path):
+    pol = tmp_path / "policies"
+    pol.mkdir()
+    text = (REPO / "rules/policies/demo.yaml").read_text().replace("audit_fraction: 0.05", "audit_fraction: 1.0")
+    (pol / "demo.yaml").write_text(text)
+    s = make_settings(broker, tmp_path, models_dir, segments["cat"][0].parent.parent,
+                      rules={"policies_dir": pol}, worker={"max_in_flight": 4})
+    asyncio.run(create_topics(broker.bootstrap, service_topics(s)))
+    streams = {f"cat-{i}": "cat" for i in range(3)} | {f"plain-{i}": "plain" for i in range(3)}
+    msgs = []
+    for sid, kind in streams.items():
+        msgs += refs_for(sid, segments[kind], 1_760_000_000.0)
+    publish(broker, s.kafka.frame_refs_topic, msgs)
+    w1 = Running(s, tmp_path / "w1.log", "w1")
+    w1.wait_ready()
+    t0 = time.monotonic()
+    while w1.metric("livemod_references_consumed_total") < 8 and time.monotonic() - t0 < 60:
+        time.sleep(0.1)
+    assert w1.metric("livemod_references_in_flight") >= 1 or w1.metric("livemod_references_consumed_total") < len(msgs)
+    w1.stop(signal.SIGKILL)
+    w2 = Running(s, tmp_path / "w2.log", "w2")
+    try:
+        w2.wait_ready()
+        wanted = {f"{sid}/{i}" for sid, kind in streams.items() for i in range(len(segments[kind]))}
+
+        def refs_seen() -> set[str]:
+            # every judged frame leaves a record: an audit sample (audit_fraction 1.0), a review,
+            # a closed incident, or (the deciding frames) an alert
+            reviews = consume(broker, s.kafka.reviews_topic, lambda r: False, timeout=1)
+            alerts = consume(broker, s.kafka.alerts_topic, lambda r: False, timeout=1)
+            ids = {json.loads(r.value)["frame_id"] for r in reviews}
+            ids |= {f["frame_id"] for r in alerts for f in json.loads(r.value)["frames"]}
+            return {i.split("@")[0] for i in ids}
+
+        t0 = time.monotonic()
+        while not wanted <= (seen := refs_seen()) and time.monotonic() - t0 < 120:
+            time.sleep(1)
+        assert wanted <= seen, f"references never handled: {sorted(wanted - seen)}"
+        time.sleep(2)
+        alerts = [json.loads(r.value) for r in consume(broker, s.kafka.alerts_topic, lambda r: False, timeout=2)]
+        per_stream: dict[str, set[str]] = {}
+        for a in alerts:
+            per_stream.setdefault(a["stream_id"], set()).add(a["id"])
+        assert per_stream == {sid: per_stream.get(sid) for sid in ("cat-0", "cat-1", "cat-2")}
+        assert all(len(ids) == 1 for ids in per_stream.values()), f"an incident got two ids: {per_stream}"
+        dupes = len(alerts) - sum(len(ids) for ids in per_stream.values())
+        print(f"alert messages {len(alerts)}, incidents {sum(len(i) for i in per_stream.values())}, "
+              f"republished with the same id after the kill: {dupes}")
+    finally:
+        w2.stop()
+
+
+def test_two_workers_split_the_streams_and_fail_over(broker, segments, models_dir, tmp_path):
+    s = make_settings(broker, tmp_path, models_dir, segments["cat"][0].parent.parent)
+    asyncio.run(create_topics(broker.bootstrap, service_topics(s)))
+    w1 = Running(s, tmp_path / "w1.log", "w1")
+    w2 = Running(s, tmp_path / "w2.log", "w2")
+    try:
+        w1.wait_ready()
+        w2.wait_ready()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 40:
+            a1 = json.loads(http_get(f"{w1.base}/ready")[1])["assigned"]
+            a2 = json.loads(http_get(f"{w2.base}/ready")[1])["assigned"]
+            refs1 = {p for p in a1 if p.startswith(s.kafka.frame_refs_topic + ":")}
+            refs2 = {p for p in a2 if p.startswith(s.kafka.frame_refs_topic + ":")}
+            if refs1 and refs2 and len(refs1 | refs2) == PARTITIONS:
+                break
+            time.sleep(0.5)
+        assert refs1 and refs2 and not refs1 & refs2, (a1, a2)
+        streams = [f"s{i}" for i in range(8)]
+        msgs = [m for sid in streams for m in refs_for(sid, segments["plain"][:2], 1_770_000_000.0)]
+        publish(broker, s.kafka.frame_refs_topic, msgs)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 60:
+            n1, n2 = w1.metric("livemod_references_consumed_total"), w2.metric("livemod_references_consumed_total")
+            if n1 + n2 >= len(msgs):
+                break
+            time.sleep(0.3)
+        assert n1 > 0 and n2 > 0 and n1 + n2 >= len(msgs)  # at least once: a rebalance may replay a few
+        w1.stop(signal.SIGKILL)
+        more = [m for sid in streams for m in refs_for(sid, segments["plain"][2:4], 1_770_000_000.0)]
+        more = [(k, v.replace(b'"seq":0', b'"seq":2').replace(b'"seq":1', b'"seq":3')) for k, v in more]
+        publish(broker, s.kafka.frame_refs_topic, more)
+        t0 = time.monotonic()
+        while w2.metric("livemod_references_consumed_total") < n2 + len(more) and time.monotonic() - t0 < 90:
+            time.sleep(0.5)
+        assert w2.metric("livemod_references_consumed_total") >= n2 + len(more), "the survivor took over every stream"
+    finally:
+        w1.stop(signal.SIGKILL)
+        w2.stop()
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    fail_first = 2
+    calls: list[tuple[int, dict[str, str], bytes]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        n = len(type(self).calls) + 1
+        code = 500 if n <= type(self).fail_first else 200
+        type(self).calls.append((code, dict(self.headers), body))
+        self.send_response(code)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_webhook_retries_then_delivers_signed_and_ttl_goes_to_callback_dlq(broker, segments, models_dir, tmp_path, monkeypatch):
+    class Flaky(_Receiver):
+        calls: list = []
+        fail_first = 2
+
+    class Down(_Receiver):
+        calls: list = []
+        fail_first = 10**9
+
+    servers = []
+    for handler in (Flaky, Down):
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+    pol = tmp_path / "policies"
+    pol.mkdir()
+    demo = (REPO / "rules/policies/demo.yaml").read_text()
+    for name, srv, ttl in (("hooked", servers[0], 60), ("hooked-down", servers[1], 1.5)):
+        (pol / f"{name}.yaml").write_text(demo.replace("name: demo", f"name: {name}").replace(
+            "audit_fraction: 0.05",
+            f"audit_fraction: 0\nwebhook: {{url: 'http://127.0.0.1:{srv.server_address[1]}/hook', secret_env: HOOK_TEST_SECRET, ttl_s: {ttl}}}"))
+    monkeypatch.setenv("HOOK_TEST_SECRET", "s3cret")  # the worker process inherits it
+    s = make_settings(broker, tmp_path, models_dir, segments["cat"][0].parent.parent,
+                      rules={"policies_dir": pol, "default_policy": "hooked"})
+    asyncio.run(create_topics(broker.bootstrap, service_topics(s)))
+    publish(broker, s.kafka.frame_refs_topic, refs_for("hook-cam", segments["cat"][:6], 1_780_000_000.0, policy="hooked")
+            + refs_for("down-cam", segments["cat"][:6], 1_780_000_000.0, policy="hooked-down"))
+    w = Running(s, tmp_path / "w.log", "w")
+    try:
+        w.wait_ready()
+        t0 = time.monotonic()
+        while not any(c[0] == 200 for c in Flaky.calls) and time.monotonic() - t0 < 60:
+            time.sleep(0.2)
+        codes = [c[0] for c in Flaky.calls]
+        assert codes[:3] == [500, 500, 200], codes
+        _code, headers, body = Flaky.calls[-1]
+        alert = json.loads(body)
+        assert headers["X-Livemod-Alert-Id"] == alert["id"] and alert["stream_id"] == "hook-cam"
+        expected = "sha256=" + hmac.new(b"s3cret", headers["X-Livemod-Timestamp"].encode() + b"." + body,
+                                        hashlib.sha256).hexdigest()
+        assert headers["X-Livemod-Signature"] == expected
+        dead = consume(broker, s.kafka.callbacks_dlq_topic, lambda r: len(r) >= 1, timeout=60)
+        record = json.loads(dead[0].value)
+        assert record["alert"]["stream_id"] == "down-cam" and record["attempts"] >= 2 and "TTL" in record["error"]
+    finally:
+        w.stop()
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
