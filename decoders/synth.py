@@ -20,6 +20,27 @@ CODEC_OPTIONS = {
 CONTAINER_BY_EXT = {".mp4": "mp4", ".ts": "mpegts", ".mkv": "matroska", ".webm": "webm", ".flv": "flv", ".avi": "avi"}
 
 
+def _encode(out: av.container.OutputContainer, frames: Iterable[np.ndarray], *, codec: str, fps: int, gop: int,
+            options: dict[str, str], pix_fmt: str) -> None:
+    """Add a video stream sized from the first frame (even dimensions) and encode every frame."""
+    stream = None
+    for i, rgb in enumerate(frames):
+        if stream is None:
+            h, w = rgb.shape[:2]
+            stream = out.add_stream(codec, rate=fps, options=options)
+            stream.width, stream.height = w - w % 2, h - h % 2
+            stream.pix_fmt = pix_fmt
+            stream.codec_context.gop_size = gop
+            stream.codec_context.time_base = Fraction(1, fps)
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[: stream.height, : stream.width]), format="rgb24")
+        frame.pts = i
+        frame.time_base = Fraction(1, fps)
+        out.mux(stream.encode(frame))
+    if stream is None:
+        raise ValueError("no frames to write")
+    out.mux(stream.encode(None))
+
+
 def write_video(
     path: Path | str,
     frames: Iterable[np.ndarray],
@@ -48,22 +69,8 @@ def write_video(
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     opts = options if options is not None else CODEC_OPTIONS.get(codec, lambda g: {})(gop)
     with av.open(str(tmp), "w", format=fmt) as out:
-        stream = None
-        for i, rgb in enumerate(frames):
-            if stream is None:
-                h, w = rgb.shape[:2]
-                stream = out.add_stream(codec, rate=fps, options=opts)
-                stream.width, stream.height = w - w % 2, h - h % 2
-                stream.pix_fmt = pix_fmt or ("yuvj420p" if codec == "mjpeg" else "yuv420p")
-                stream.codec_context.gop_size = gop
-                stream.codec_context.time_base = Fraction(1, fps)
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[: stream.height, : stream.width]), format="rgb24")
-            frame.pts = i
-            frame.time_base = Fraction(1, fps)
-            out.mux(stream.encode(frame))
-        if stream is None:
-            raise ValueError("no frames to write")
-        out.mux(stream.encode(None))
+        _encode(out, frames, codec=codec, fps=fps, gop=gop, options=opts,
+                pix_fmt=pix_fmt or ("yuvj420p" if codec == "mjpeg" else "yuv420p"))
     tmp.replace(path)
     return path
 
@@ -99,21 +106,7 @@ def write_hls(
     if live:
         opts["hls_flags"] = "omit_endlist"
     with av.open(str(playlist), "w", format="hls", options=opts) as out:
-        stream = None
-        for i, rgb in enumerate(frames):
-            if stream is None:
-                h, w = rgb.shape[:2]
-                stream = out.add_stream(codec, rate=fps, options=CODEC_OPTIONS[codec](gop))
-                stream.width, stream.height = w - w % 2, h - h % 2
-                stream.pix_fmt = "yuv420p"
-                stream.codec_context.gop_size = gop
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[: stream.height, : stream.width]), format="rgb24")
-            frame.pts = i
-            frame.time_base = Fraction(1, fps)
-            out.mux(stream.encode(frame))
-        if stream is None:
-            raise ValueError("no frames to write")
-        out.mux(stream.encode(None))
+        _encode(out, frames, codec=codec, fps=fps, gop=gop, options=CODEC_OPTIONS[codec](gop), pix_fmt="yuv420p")
     return playlist
 
 

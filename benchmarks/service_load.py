@@ -1,0 +1,144 @@
+"""Throughput and latency through the Faust agents on the embedded broker, with and without batching.
+
+    .venv/bin/python benchmarks/service_load.py [--streams 8] [--segments 6] [--out out/bench]
+
+Starts Tansu, encodes --streams sample broadcasts (1280x720, 15 fps) as 2 s MPEG-TS segments
+sampled once a second (interval mode), publishes every reference at once (a backlog, so the worker runs
+flat out) and measures, per run, references/s and sampled frames/s through one worker
+process, and the p50/p99 of segment wall clock -> decision from the worker's histogram.
+Run A uses the cross-stream dynamic batcher (max batch 16, 10 ms); run B (the baseline) sets
+max batch 1. Both runs use the same segments, one after the other, in one invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import machine
+
+from livemod.decoders.synth import write_hls
+from livemod.stream.broker import EmbeddedBroker, free_port
+from livemod.stream.demo import Scene, broadcast_frames
+from livemod.stream.embedded import quantile, scrape, start_worker, http_get
+from livemod.stream.schemas import FrameRef
+from livemod.stream.service import create_topics, service_topics
+from livemod.stream.settings import Settings
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+async def publish(bootstrap: str, topic: str, refs: list[FrameRef]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await p.start()
+    try:
+        futs = [await p.send(topic, r.to_bytes(), key=r.stream_id.encode()) for r in refs]
+        await asyncio.gather(*futs)
+    finally:
+        await p.stop()
+
+
+def run_once(broker: EmbeddedBroker, base: Settings, segs: dict[str, list[Path]], max_batch: int, tmp: Path,
+             models_dir: Path) -> dict[str, float]:
+    tag = f"b{max_batch}-{int(time.time())}"
+    s = base.model_copy(update={
+        "kafka": base.kafka.model_copy(update={
+            "bootstrap_servers": broker.url, "app_id": f"bench-{tag}", "frame_refs_topic": f"refs-{tag}",
+            "alerts_topic": f"alerts-{tag}", "dlq_topic": f"dlq-{tag}", "reviews_topic": f"reviews-{tag}",
+            "callbacks_dlq_topic": f"cbdlq-{tag}", "producer_max_batch_size": 1, "partitions": 8,
+            "session_timeout_s": 6.0, "heartbeat_interval_s": 1.0, "rebalance_timeout_s": 10.0}),
+        "engines": base.engines.model_copy(update={"models_dir": models_dir.resolve(), "max_batch": max_batch}),
+        "rules": base.rules.model_copy(update={"default_policy": "demo", "write_evidence": False}),
+        "decoder": base.decoder.model_copy(update={"file_roots": (tmp.resolve(),)}),
+        "worker": base.worker.model_copy(update={"web_port": free_port(), "max_in_flight": 16, "id": tag}),
+    })
+    asyncio.run(create_topics(broker.bootstrap, service_topics(s)))
+    worker = start_worker(s, tmp / f"worker-{tag}.log")
+    url = f"http://127.0.0.1:{s.worker.web_port}"
+    try:
+        while http_get(f"{url}/ready")[0] != 200:
+            if worker.poll() is not None:
+                raise SystemExit(f"worker died: {(tmp / f'worker-{tag}.log').read_text()[-2000:]}")
+            time.sleep(0.3)
+        time.sleep(2.0)  # let the group settle
+        refs = []
+        now = time.time()
+        for sid, files in segs.items():
+            for i, f in enumerate(files):  # as if the segments had just been recorded back to back
+                wall = now - 2.0 * (len(files) - i)
+                refs.append(FrameRef(stream_id=sid, uri=str(f.resolve()), seq=i, wall_start=wall, duration=2.0))
+        t0 = time.perf_counter()
+        asyncio.run(publish(broker.bootstrap, s.kafka.frame_refs_topic, refs))
+        last = 0.0
+        while True:
+            m = scrape(f"{url}/metrics")
+            done = m.get("livemod_references_consumed_total", 0)
+            if done >= len(refs):
+                break
+            if time.perf_counter() - t0 > 600:
+                raise SystemExit("timed out")
+            if time.perf_counter() - last > 5:
+                say(f"  [max_batch={max_batch}] {done:.0f}/{len(refs)} references handled")
+                last = time.perf_counter()
+            time.sleep(0.2)
+        elapsed = time.perf_counter() - t0
+        e2e = m.get("livemod_end_to_end_seconds_bucket", {})
+        frames = m.get("livemod_frames_sampled_total", 0)
+        batches = m.get("livemod_batch_size_count", 0)
+        images = m.get("livemod_batch_size_sum", 0)
+        return {"refs": len(refs), "seconds": elapsed, "refs_per_s": len(refs) / elapsed,
+                "frames_per_s": frames / elapsed, "mean_batch": images / max(batches, 1),
+                "p50": quantile(e2e, 0.5) or float("nan"), "p99": quantile(e2e, 0.99) or float("nan")}
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--streams", type=int, default=8)
+    ap.add_argument("--segments", type=int, default=6)
+    ap.add_argument("--models-dir", default=".cache/livemod/models")
+    ap.add_argument("--out", default="out/bench")
+    args = ap.parse_args()
+    say(f"machine: {machine()}")
+    tmp = Path(tempfile.mkdtemp(prefix="livemod-load-"))
+    segs: dict[str, list[Path]] = {}
+    say(f"encoding {args.streams} streams x {args.segments} segments of 2 s (1280x720, 15 fps) ...")
+    bgs = ["hopper", "astronaut", "rocket", "coffee"]
+    for i in range(args.streams):
+        scene = Scene(seconds=2.0 * args.segments, background=bgs[i % 4],
+                      cat_from=4.0 if i % 3 == 0 else 1e9, cat_to=9.0 if i % 3 == 0 else 1e9)
+        pl = write_hls(tmp / f"s{i}", broadcast_frames(scene), fps=15, segment_seconds=2.0)
+        segs[f"s{i}"] = sorted(pl.parent.glob("seg*.ts"))
+    base = Settings()
+    base = base.model_copy(update={"decoder": base.decoder.model_copy(update={
+        "sampling": base.decoder.sampling.model_copy(update={"mode": "interval", "interval_s": 1.0})})})
+    results = {}
+    with EmbeddedBroker(log_file=tmp / "broker.log") as broker:
+        for mb in (16, 1):
+            say(f"run max_batch={mb} ...")
+            results[mb] = run_once(broker, base, segs, mb, tmp, Path(args.models_dir))
+            say("  " + json.dumps({k: round(v, 3) for k, v in results[mb].items()}))
+    print(f"Machine: {machine()}\n")
+    print("| run | references | refs/s | sampled frames/s | mean engine batch | p50 segment->decision s | p99 s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for mb, label in ((1, "baseline: max batch 1"), (16, "dynamic batcher: max 16, 10 ms")):
+        r = results[mb]
+        print(f"| {label} | {r['refs']} | {r['refs_per_s']:.2f} | {r['frames_per_s']:.2f} | {r['mean_batch']:.1f} | "
+              f"{r['p50']:.2f} | {r['p99']:.2f} |")
+    print(f"\nthroughput ratio (batcher / baseline): {results[16]['frames_per_s'] / results[1]['frames_per_s']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
