@@ -17,7 +17,10 @@ from typing import Any
 
 import numpy as np
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "tensorrt-11.4-python-api.txt"
+# A copy of shared/reference/tensorrt-11.4-python-api.txt (the names TensorRT 11.4 exposes),
+# kept in the repo so a clone without shared/ still runs the contract tests.
+REFERENCE = Path(__file__).resolve().parent / "reference" / "tensorrt-11.4-python-api.txt"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "tensorrt-11.4-python-api.txt"
 
 
 def load_reference(path: Path = REFERENCE) -> dict[str, list[str] | None]:

@@ -57,6 +57,14 @@ def test_no_removed_api(removed):
     assert not re.search(removed, SRC), f"uses removed TensorRT API {removed}"
 
 
+def test_reference_copy_matches_shared():
+    from tests.trt_standin import REFERENCE, SHARED
+
+    if not SHARED.is_file():
+        pytest.skip("shared/reference is not beside this checkout")
+    assert REFERENCE.read_text() == SHARED.read_text()
+
+
 def test_every_trt_attribute_we_touch_exists_in_11_4():
     used = set(re.findall(r"\btrt\.(\w+)", SRC))
     top = set(API["top-level"])
