@@ -317,7 +317,6 @@ def _decode_hls(run: _Run, src: Source) -> Iterator[SampledFrame]:
         base = src.uri if src.scheme != "file" else Path(src.uri).as_uri()
         playlist = parse_m3u8(_fetch_text(run, src), base)
     done: set[int] = set()
-    offsets: dict[int, float] = {}
     t_next = 0.0
     idle_since = time.monotonic()
     while True:
@@ -327,7 +326,6 @@ def _decode_hls(run: _Run, src: Source) -> Iterator[SampledFrame]:
             if run.stopped():
                 return
             seg = check_uri(uri, cfg)  # every segment is checked: a playlist cannot point elsewhere
-            offsets[seq] = t_next
             yield from _decode_file(run, seg.uri, seg, t_offset=t_next)
             t_next += dur
             done.add(seq)

@@ -26,10 +26,6 @@ PRODUCER = ("livemod", "1")
 BN_EPS = 1e-3
 
 
-def default_cache_dir() -> Path:
-    return Path(".cache/livemod/models")
-
-
 def _save(model: onnx.ModelProto, path: Path) -> None:
     model.producer_name, model.producer_version = PRODUCER
     onnx.checker.check_model(model)

@@ -6,11 +6,9 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
 from livemod.decoders.synth import pattern_frames, write_video
