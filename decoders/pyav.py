@@ -11,7 +11,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 from urllib.parse import urljoin
 
 import av
@@ -141,6 +141,19 @@ def _open(run: _Run, uri: str, src: Source) -> av.container.InputContainer:
         raise _map_error(exc, uri, local=local) from exc
 
 
+def _lazy_rgb(frame: av.VideoFrame) -> Callable[[], np.ndarray]:
+    """Full-resolution RGB of a decoded frame, converted on first use and then reused
+    (the re-check and the evidence writer may both ask for it)."""
+    cached: list[np.ndarray] = []
+
+    def get() -> np.ndarray:
+        if not cached:
+            cached.append(frame.to_ndarray(format="rgb24"))
+        return cached[0]
+
+    return get
+
+
 def _scaled(frame: av.VideoFrame, size: Resize) -> np.ndarray:
     w, h = size.width, size.height
     if size.keep_aspect:
@@ -229,7 +242,7 @@ def _decode_file(run: _Run, uri: str, src: Source, *, t_offset: float = 0.0, liv
                     width=frame.width,
                     height=frame.height,
                     images=images,
-                    full_rgb=lambda f=frame: f.to_ndarray(format="rgb24"),
+                    full_rgb=_lazy_rgb(frame),
                 )
                 run.index += 1
         if decoded_here == 0 and not live:
