@@ -6,11 +6,13 @@ import hashlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from livemod.decoders.errors import MessageError
 from livemod.engines.types import Recheck
 from livemod.rules.policy import Policy, Rule
 from livemod.rules.types import Alert, FrameEvidence, Observation, Verdict
 
 RECENT_FRAMES = 256  # frame ids remembered per stream to recognise replays
+STATE_VERSION = 1
 
 
 def alert_id(stream_id: str, policy: str, rule: str, start_wall_clock: float) -> str:
@@ -21,7 +23,12 @@ def alert_id(stream_id: str, policy: str, rule: str, start_wall_clock: float) ->
 
 @dataclass(frozen=True)
 class Entry:
-    """One frame in a rule's window."""
+    """One frame in a rule's window.
+
+    Attributes:
+        score: decision score (whole frame or re-check, the higher); ``whole``: whole frame only.
+        hit: score >= the rule's alert threshold.
+    """
 
     frame_id: str
     pts: float
@@ -34,6 +41,8 @@ class Entry:
 
 @dataclass(frozen=True)
 class Incident:
+    """An open incident: its alert, its first hit, the peak score, and frames below so far."""
+
     alert_id: str
     start_frame_id: str
     start_wall_clock: float
@@ -43,6 +52,8 @@ class Incident:
 
 @dataclass(frozen=True)
 class RuleState:
+    """One rule on one stream: the last n frames with data, the open incident, the last close time."""
+
     window: tuple[Entry, ...] = ()
     incident: Incident | None = None
     last_close: float | None = None
@@ -60,20 +71,36 @@ class StreamState:
     recent: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"v": 1, "rules": {k: asdict(v) for k, v in self.rules.items()}, "recent": list(self.recent)}
+        """JSON-safe form (floats, strings, lists, dicts only)."""
+        return {
+            "v": STATE_VERSION,
+            "rules": {k: asdict(v) for k, v in self.rules.items()},
+            "recent": list(self.recent),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "StreamState":
+        """Inverse of ``to_dict``; None or {} gives a fresh state.
+
+        Raises:
+            MessageError: (reason ``bad_rule_state``) an unknown version or a malformed record.
+        """
         if not data:
             return cls()
-        rules = {}
-        for name, rs in data.get("rules", {}).items():
-            window = tuple(
-                Entry(**{**e, "recheck": _recheck(e.get("recheck"))}) for e in rs.get("window", ())
-            )
-            inc = rs.get("incident")
-            rules[name] = RuleState(window, Incident(**inc) if inc else None, rs.get("last_close"))
-        return cls(rules, tuple(data.get("recent", ())))
+        if not isinstance(data, dict):
+            raise MessageError(f"rule state is a {type(data).__name__}, not a mapping", reason="bad_rule_state")
+        if data.get("v", STATE_VERSION) != STATE_VERSION:
+            raise MessageError(f"rule state version {data.get('v')!r} is not {STATE_VERSION}", reason="bad_rule_state")
+        try:
+            rules = {name: _rule_state(rs) for name, rs in data.get("rules", {}).items()}
+            recent = tuple(str(f) for f in data.get("recent", ()))
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
+            raise MessageError(f"malformed rule state: {exc!r}", reason="bad_rule_state") from exc
+        return cls(rules, recent)
+
+    def seen(self, frame_id: str) -> bool:
+        """True when ``evaluate`` already took this frame (a replay: it will return no verdicts)."""
+        return frame_id in self.recent
 
     def open_incidents(self) -> dict[str, str]:
         """rule name -> alert id of each open incident."""
@@ -86,12 +113,19 @@ def _recheck(d: dict[str, Any] | None) -> Recheck | None:
     return Recheck(**{**d, "box": tuple(d["box"])})
 
 
+def _rule_state(rs: dict[str, Any]) -> RuleState:
+    window = tuple(Entry(**{**e, "recheck": _recheck(e.get("recheck"))}) for e in rs.get("window", ()))
+    inc = rs.get("incident")
+    return RuleState(window, Incident(**inc) if inc else None, rs.get("last_close"))
+
+
 def _step(rule: Rule, policy: Policy, rs: RuleState, obs: Observation, verdicts: list[Verdict]) -> RuleState:
     fs = obs.scores.get(rule.model)
     if fs is None or rule.label not in fs.scores:
         return rs  # no data for this rule on this frame: the window does not move
     score = fs.score(rule.label)
-    entry = Entry(obs.frame_id, obs.pts, obs.wall_clock, round(score, 6), round(fs.scores[rule.label], 6),
+    # scores are kept unrounded: hit, whole-frame hit and recheck_used must agree at the threshold
+    entry = Entry(obs.frame_id, obs.pts, obs.wall_clock, float(score), float(fs.scores[rule.label]),
                   score >= rule.alert, fs.rechecks.get(rule.label))
     window = (rs.window + (entry,))[-rule.window.n :]
     if rule.review <= score < rule.alert:
@@ -105,9 +139,12 @@ def _step(rule: Rule, policy: Policy, rs: RuleState, obs: Observation, verdicts:
             verdicts.append(Verdict("close", rule.name, obs.frame_id, score, alert_id=inc.alert_id))
             return RuleState(window=(), incident=None, last_close=obs.wall_clock)
         return replace(rs, window=window, incident=replace(inc, below=below))
-    hits = [e for e in window if e.hit]
-    cooled = rs.last_close is None or obs.wall_clock - rs.last_close >= rule.cooldown_s
-    if len(hits) < rule.window.k or not cooled:
+    # Cooldown: hits inside it do not count, so a new incident never starts within cooldown_s
+    # of the previous close (its start frame is the first counted hit).
+    quiet_from = None if rs.last_close is None else rs.last_close + rule.cooldown_s
+    counted = [e for e in window if quiet_from is None or e.wall_clock >= quiet_from]
+    hits = [e for e in counted if e.hit]
+    if len(hits) < rule.window.k:
         return replace(rs, window=window)
     start = hits[0]
     aid = alert_id(obs.stream_id, policy.name, rule.name, start.wall_clock)
@@ -129,7 +166,7 @@ def _step(rule: Rule, policy: Policy, rs: RuleState, obs: Observation, verdicts:
         start_pts=start.pts,
         start_wall_clock=start.wall_clock,
         frames=tuple(FrameEvidence(e.frame_id, e.pts, e.wall_clock, e.score, e.whole, e.recheck) for e in hits),
-        recheck_used=sum(e.whole >= rule.alert for e in window) < rule.window.k,
+        recheck_used=sum(e.whole >= rule.alert for e in counted) < rule.window.k,
         box=box_from.recheck.box if box_from and box_from.recheck else None,
         model_versions={m: s.version for m, s in obs.scores.items()},
     )
@@ -140,7 +177,20 @@ def _step(rule: Rule, policy: Policy, rs: RuleState, obs: Observation, verdicts:
 def evaluate(state: StreamState, obs: Observation, policy: Policy) -> tuple[StreamState, list[Verdict]]:
     """Apply every rule of the policy to one observation, in stream order.
 
-    A frame already seen (a replay after a crash) returns the state unchanged and no verdicts.
+    Pure: no I/O and no clock (time is ``obs.wall_clock``). Per rule: a frame in [review, alert)
+    gives "review"; k hits (score >= alert) among the last n frames with data open an incident
+    and give one "alert" (none while it is open, none within cooldown_s of the last close);
+    close_after consecutive frames below close_below give "close". A rule whose model (or label)
+    is missing from ``obs.scores`` does not move. A frame already seen (a replay after a crash)
+    returns the same state object and no verdicts.
+
+    Args:
+        state: the stream's state before this frame.
+        obs: the frame's scores.
+        policy: the stream's policy.
+
+    Returns:
+        The new state and the verdicts, in the policy's rule order.
     """
     if obs.frame_id in state.recent:
         return state, []

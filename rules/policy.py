@@ -12,6 +12,7 @@ from livemod.decoders.errors import ConfigError
 from livemod.engines.card import ModelCard
 
 POLICIES_DIR = Path(__file__).parent / "policies"
+DEFAULT_BAND_LO = 0.02  # lower edge of the default re-check band; the upper edge is the rule's alert threshold
 
 
 class Window(BaseModel):
@@ -33,10 +34,13 @@ class RecheckRule(BaseModel):
     """The Grad-CAM small-object re-check for one rule.
 
     Attributes:
-        band: [lo, hi) whole-frame probability that triggers it; hi defaults to the alert threshold.
+        band: [lo, hi) whole-frame probability that triggers it; None means
+            [DEFAULT_BAND_LO, the rule's alert threshold) (see ``Rule.recheck_band``).
         max_boxes: K boxes around the hottest regions of the class map.
         expand: box enlargement (1.5 in the YY method).
-        cam_threshold: fraction of the map's max a region must reach.
+        cam_threshold: fraction of the map's max a region must reach. 0.8, the engines'
+            ``RecheckSpec`` default that the re-check benchmarks were measured with: at 0.5 a
+            small object's region tends to merge with the background's warm cells.
         tiles: grid for the tile pass (objects smaller than one CAM cell); 0 disables it.
     """
 
@@ -79,15 +83,29 @@ class Rule(BaseModel):
             raise ValueError(f"rule {self.name}: alert {self.alert} is below review {self.review}")
         if self.close_below is not None and self.close_below > self.alert:
             raise ValueError(f"rule {self.name}: close_below {self.close_below} is above alert {self.alert}")
+        band = self.recheck.band if self.recheck is not None else None
+        if band is not None and band[0] >= self.alert:
+            raise ValueError(f"rule {self.name}: recheck band {band} starts at or above alert {self.alert}, so it never helps")
         return self
 
     @property
     def close_threshold(self) -> float:
+        """Hysteresis: a frame below this counts towards closing an open incident (default: review)."""
         return self.close_below if self.close_below is not None else self.review
 
     @property
     def close_frames(self) -> int:
+        """Consecutive frames below ``close_threshold`` that close an incident (default: window n)."""
         return self.close_after if self.close_after is not None else self.window.n
+
+    @property
+    def recheck_band(self) -> tuple[float, float] | None:
+        """[lo, hi) whole-frame probability that triggers the re-check, defaults applied; None when off."""
+        if self.recheck is None:
+            return None
+        if self.recheck.band is not None:
+            return (float(self.recheck.band[0]), float(self.recheck.band[1]))
+        return (DEFAULT_BAND_LO, self.alert)
 
 
 class Webhook(BaseModel):
@@ -96,7 +114,11 @@ class Webhook(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     url: str = Field(pattern=r"^https?://")
-    secret_env: str | None = Field(default=None, description="name of the env var holding the HMAC secret")
+    secret_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="name of the env var holding the HMAC secret (the name only: secrets never live in policies)",
+    )
     ttl_s: float = Field(default=300.0, gt=0)
 
 
@@ -120,17 +142,46 @@ class Policy(BaseModel):
         return self
 
 
+def _describe(exc: ValidationError) -> str:
+    """One clause per problem, located like pydantic does: ``rules.1.window: k=4 is larger than n=3``.
+
+    A length complaint about a container whose items already failed (pydantic counts only the
+    valid items) is left out: it only repeats the item's error.
+    """
+    errors = exc.errors(include_url=False)
+    failed_items = {tuple(e["loc"][:-1]) for e in errors if e["loc"]}
+    clauses = []
+    for err in errors:
+        loc = tuple(err["loc"])
+        if err["type"] == "too_short" and any(f[: len(loc)] == loc and len(f) > len(loc) for f in failed_items):
+            continue
+        clauses.append(f"{'.'.join(str(p) for p in loc) or '(top level)'}: {err['msg']}")
+    return "; ".join(clauses)
+
+
 def load_policy(path: Path | str) -> Policy:
-    """Read and validate one policy file."""
+    """Read and validate one policy file.
+
+    Raises:
+        ConfigError: the file cannot be read, is not YAML, or does not validate; the message
+            names the file and each offending field.
+    """
     try:
-        data = yaml.safe_load(Path(path).read_text())
-        return Policy.model_validate(data)
-    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"policy {path}: {exc}") from exc
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"policy {path}: {_describe(exc)}") from exc
 
 
 def load_policies(directory: Path | str | None = None) -> dict[str, Policy]:
-    """Every ``*.yaml`` policy in a folder (the shipped ones by default), keyed by name."""
+    """Every ``*.yaml`` policy in a folder (the shipped ones by default), keyed by name.
+
+    Raises:
+        ConfigError: the folder is missing or empty, a file is invalid, or two share a name.
+    """
     directory = Path(directory) if directory else POLICIES_DIR
     if not directory.is_dir():
         raise ConfigError(f"policies folder {directory} does not exist")
@@ -146,7 +197,11 @@ def load_policies(directory: Path | str | None = None) -> dict[str, Policy]:
 
 
 def validate_against_cards(policy: Policy, cards: dict[str, ModelCard]) -> None:
-    """Every rule must name a known model and one of its labels or groups."""
+    """Every rule must name a known model and one of its labels or groups.
+
+    Raises:
+        ConfigError: naming the policy, the rule and what is unknown.
+    """
     for rule in policy.rules:
         card = cards.get(rule.model)
         if card is None:

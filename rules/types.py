@@ -29,7 +29,14 @@ class Observation:
 
 @dataclass(frozen=True)
 class FrameEvidence:
-    """A frame that counted towards an alert."""
+    """A frame that counted towards an alert.
+
+    Attributes:
+        frame_id, pts, wall_clock: the frame, as in its Observation.
+        score: decision score (max of the whole-frame and re-check probabilities).
+        whole_frame_score: the whole-frame probability alone.
+        recheck: the re-check run on this frame for the rule's label, if any.
+    """
 
     frame_id: str
     pts: float
@@ -51,6 +58,11 @@ class Alert:
         recheck_used: True when the whole-frame scores alone would not have opened it.
         box: the re-check crop of the best hit, in full-resolution pixels, if any.
         model_versions: model name -> version.
+        evidence: "frame"/"heatmap" -> path, filled by the pipeline after ``write_evidence``
+            (``dataclasses.replace``); empty when evidence is off.
+
+    The incident's first hit is ``start_frame_id``/``start_pts``/``start_wall_clock`` (flat, as
+    the ``alerts`` topic carries them).
     """
 
     id: str
@@ -70,6 +82,7 @@ class Alert:
     recheck_used: bool
     box: Box | None
     model_versions: dict[str, str] = field(default_factory=dict)
+    evidence: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (schema `alerts` v1)."""
@@ -86,8 +99,12 @@ class Alert:
 class Verdict:
     """What a rule says about one frame.
 
-    kind: "review" (score in the review band), "alert" (an incident opened; ``alert`` is set)
-    or "close" (the open incident ``alert_id`` ended).
+    Attributes:
+        kind: "review" (score in the review band), "alert" (an incident opened; ``alert`` and
+            ``alert_id`` are set) or "close" (the open incident ``alert_id`` ended).
+        rule: the rule's name.
+        frame_id: the frame that produced the verdict.
+        score: that frame's decision score for the rule's label.
     """
 
     kind: Literal["review", "alert", "close"]
