@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 from urllib.parse import urljoin
 
 import av
+import av.codec.hwaccel
 import av.error
 import numpy as np
 
@@ -22,6 +22,7 @@ from livemod.decoders.config import DecoderConfig
 from livemod.decoders.errors import (
     CorruptMediaError,
     EmptyMediaError,
+    ForbiddenSourceError,
     LivemodError,
     MediaLimitError,
     SourceNotFoundError,
@@ -29,36 +30,67 @@ from livemod.decoders.errors import (
     TruncatedMediaError,
     UnsupportedMediaError,
 )
-from livemod.decoders.sampling import Sampler, SamplerState
+from livemod.decoders.sampling import THUMB_SIZE, Sampler, SamplerState
 from livemod.decoders.types import Resize, SampledFrame
-from livemod.decoders.uri import Source, check_uri
+from livemod.decoders.uri import Source, check_uri, redact
 
 log = logging.getLogger(__name__)
 
 # first bytes of containers we accept: a file that starts like one but cannot be opened is truncated
-SIGNATURES = (b"\x1aE\xdf\xa3", b"FLV", b"RIFF", b"\x47", b"\x00\x00\x00", b"\xff\xd8", b"\x89PNG", b"#EXTM3U")
-THUMB = 32
+SIGNATURES = (b"\x1aE\xdf\xa3", b"FLV", b"RIFF", b"\x47", b"\x00\x00\x00", b"\xff\xd8", b"\x89PNG")
+PROTOCOLS = {
+    "file": "file",
+    "http": "http,https,tcp,tls",
+    "https": "http,https,tcp,tls",
+    "rtmp": "rtmp,rtmps,tcp,tls",
+    "rtmps": "rtmp,rtmps,tcp,tls",
+    "rtsp": "rtsp,rtsps,rtp,srtp,tcp,udp,tls",
+}
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(key: str, msg: str, *args: object) -> None:
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    log.warning(msg, *args)
+
+
+# ---- NVDEC ---------------------------------------------------------------------------------
 
 
 @lru_cache(maxsize=1)
 def probe_nvdec() -> tuple[bool, str]:
-    """Whether NVDEC decoding can be tried: a CUDA driver loads and reports a device.
+    """Whether NVDEC decoding can be used here, and why (or why not).
 
-    Uses the driver API through ctypes (cuInit, cuDeviceGetCount), so it costs nothing
-    where there is no GPU and never touches TensorRT.
+    Cheap and cached: FFmpeg must list a "cuda" hwdevice, and creating a CUDA device
+    context for the H.264 decoder (``HWAccel.create``, i.e. ``av_hwdevice_ctx_create``)
+    must succeed. Without a driver or a GPU the second step fails at once.
     """
     if "cuda" not in av.codec.hwaccel.hwdevices_available():
         return False, "this FFmpeg build has no CUDA hwdevice"
     try:
-        lib = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False, "no CUDA driver (libcuda.so.1 not found)"
-    if lib.cuInit(0) != 0:
-        return False, "cuInit failed (no usable GPU)"
-    count = ctypes.c_int(0)
-    if lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
-        return False, "no CUDA device"
-    return True, f"{count.value} CUDA device(s)"
+        av.codec.hwaccel.HWAccel(device_type="cuda", allow_software_fallback=True).create(av.Codec("h264", "r"))
+    except (av.error.FFmpegError, NotImplementedError, RuntimeError, OSError) as exc:
+        return False, f"no usable CUDA device: creating the CUDA device context failed ({exc})"
+    return True, "CUDA device context created"
+
+
+def choose_hwaccel(config: DecoderConfig) -> tuple[av.codec.hwaccel.HWAccel | None, str]:
+    """The HWAccel to open sources with (None = CPU decode), and the reason for the choice."""
+    if config.hwaccel == "none":
+        return None, "hwaccel is 'none' in settings"
+    ok, why = probe_nvdec()
+    if not ok:
+        if config.hwaccel == "cuda":
+            _warn_once("nvdec-missing", "hwaccel=cuda requested but NVDEC is unavailable (%s); decoding on the CPU", why)
+        return None, why
+    return av.codec.hwaccel.HWAccel(device_type="cuda", allow_software_fallback=True), why
+
+
+# ---- one call's context --------------------------------------------------------------------
 
 
 @dataclass
@@ -72,7 +104,6 @@ class _Run:
     sampler: Sampler
     wall_start: float | None
     stop: threading.Event | None
-    started: float = field(default_factory=time.monotonic)
     index: int = 0
     frames: int = 0
     hw_failed: bool = False
@@ -80,19 +111,48 @@ class _Run:
     def stopped(self) -> bool:
         return self.stop is not None and self.stop.is_set()
 
+    def wait(self, seconds: float) -> bool:
+        """Sleep, waking early when stopped; True when stopped."""
+        if self.stop is not None:
+            return self.stop.wait(seconds)
+        time.sleep(seconds)
+        return False
 
-def _map_error(exc: Exception, uri: str, *, local: Path | None = None) -> LivemodError:
-    """Translate a PyAV/FFmpeg error into the livemod error that names the cause."""
-    msg = f"{uri}: {exc}"
+
+class _HwRetry(Exception):
+    """NVDEC failed before any frame came out: decode the source again on the CPU."""
+
+
+# ---- errors ---------------------------------------------------------------------------------
+
+
+def _why(exc: Exception) -> str:
+    """FFmpeg's description of an error without the file name it appends (which may hold tokens)."""
+    strerror = getattr(exc, "strerror", None)
+    return str(strerror) if strerror else type(exc).__name__
+
+
+def _map_error(exc: Exception, shown: str, *, local: Path | None = None) -> LivemodError:
+    """Translate a PyAV/FFmpeg error into the livemod error that names the source and cause."""
+    exc_text = _why(exc)
+    msg = f"{shown}: {exc_text}"
     if isinstance(exc, (av.error.FileNotFoundError, av.error.HTTPNotFoundError)):
         return SourceNotFoundError(msg)
-    if isinstance(exc, (av.error.HTTPForbiddenError, av.error.HTTPUnauthorizedError, av.error.HTTPClientError)):
+    if isinstance(exc, av.error.IsADirectoryError):
+        return SourceNotFoundError(f"{shown}: is a directory, not a media file")
+    if isinstance(exc, (av.error.HTTPForbiddenError, av.error.HTTPUnauthorizedError)):
+        return ForbiddenSourceError(f"{shown}: the server refused access: {exc_text}")
+    if isinstance(exc, av.error.HTTPTooManyRequestsError):
+        return SourceUnavailableError(msg, reason="rate_limited")
+    if isinstance(exc, av.error.HTTPClientError):
         return SourceNotFoundError(msg, reason="http_client_error")
     if isinstance(exc, (av.error.HTTPServerError, av.error.ConnectionRefusedError, av.error.ConnectionResetError,
                         av.error.TimeoutError, av.error.ExitError, av.error.ConnectionAbortedError)):
         return SourceUnavailableError(msg)
     if isinstance(exc, (av.error.DemuxerNotFoundError, av.error.DecoderNotFoundError, av.error.ProtocolNotFoundError)):
         return UnsupportedMediaError(msg)
+    if isinstance(exc, av.error.PermissionError) and local is not None:
+        return ForbiddenSourceError(f"{shown}: cannot read the file: {exc_text}")
     if isinstance(exc, av.error.InvalidDataError):
         if local is not None:
             try:
@@ -102,10 +162,10 @@ def _map_error(exc: Exception, uri: str, *, local: Path | None = None) -> Livemo
             except OSError:
                 size, head = -1, b""
             if size == 0:
-                return EmptyMediaError(f"{uri}: the file is empty (0 bytes)")
+                return EmptyMediaError(f"{shown}: the file is empty (0 bytes)")
             if any(head.startswith(sig) for sig in SIGNATURES) or head[4:8] == b"ftyp":
-                return TruncatedMediaError(f"{uri}: starts like a media container but cannot be read (truncated?): {exc}")
-            return CorruptMediaError(f"{uri}: not a media file this decoder knows: {exc}")
+                return TruncatedMediaError(f"{shown}: starts like a media container but cannot be read (truncated?): {exc_text}")
+            return CorruptMediaError(f"{shown}: not a media file this decoder knows: {exc_text}")
         return CorruptMediaError(msg)
     if isinstance(exc, av.error.OSError) and getattr(exc, "errno", None) == 5:
         return SourceUnavailableError(msg, reason="io_error")
@@ -114,31 +174,141 @@ def _map_error(exc: Exception, uri: str, *, local: Path | None = None) -> Livemo
     return CorruptMediaError(msg)
 
 
-def _open(run: _Run, uri: str, src: Source) -> av.container.InputContainer:
-    cfg = run.config
-    options: dict[str, str] = {}
-    if src.scheme in ("http", "https"):
-        options.update(rw_timeout=str(int(cfg.read_timeout_s * 1e6)), reconnect="0")
-    elif src.scheme == "rtsp":
-        options.update(rtsp_transport="tcp", timeout=str(int(cfg.read_timeout_s * 1e6)))
-    elif src.scheme in ("rtmp", "rtmps"):
-        options.update(rw_timeout=str(int(cfg.read_timeout_s * 1e6)))
-    hwaccel = None
-    if cfg.hwaccel != "none" and not run.hw_failed and src.kind != "image":
-        ok, why = probe_nvdec()
-        if ok:
-            hwaccel = av.codec.hwaccel.HWAccel(device_type="cuda", allow_software_fallback=True)
-        elif cfg.hwaccel == "cuda":
-            log.warning("hwaccel=cuda requested but NVDEC is unavailable (%s); decoding on the CPU", why)
-    local = Path(uri) if src.scheme == "file" else None
+# ---- HTTP helpers (redirects are followed here, every hop checked) ---------------------------
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib redirect handler that checks every hop like the first URI and bounds the hops."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        self.config = config
+        self.max_redirections = config.max_redirects
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        if self.config.max_redirects == 0:
+            raise ForbiddenSourceError(f"{redact(req.full_url)}: redirect to {redact(newurl)!r} refused (max_redirects=0)")
+        if check_uri(newurl, self.config).scheme == "file":
+            raise ForbiddenSourceError(f"{redact(req.full_url)}: redirect to a local file refused")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _http_get(url: str, config: DecoderConfig, *, follow: bool, limit: int = 1 << 20) -> tuple[int, str, bytes]:
+    """GET a URL with urllib: (status, final or Location URL, body up to ``limit`` bytes).
+
+    With ``follow`` redirects are followed through ``_CheckedRedirects``; without it a 3xx
+    comes back as its status and Location.
+
+    Raises:
+        SourceNotFoundError, ForbiddenSourceError, SourceUnavailableError: by HTTP status/network.
+    """
+    handlers: list[urllib.request.BaseHandler] = [_CheckedRedirects(config)] if follow else []
+    if not follow:
+
+        class _NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+                return None
+
+        handlers.append(_NoRedirect())
+    opener = urllib.request.build_opener(*handlers)
+    shown = redact(url)
     try:
-        return av.open(uri, options=options, timeout=(cfg.connect_timeout_s, cfg.read_timeout_s), hwaccel=hwaccel)
+        with opener.open(url, timeout=config.connect_timeout_s) as resp:
+            return resp.status, resp.url, resp.read(limit)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            if 300 <= exc.code < 400 and not follow:
+                return exc.code, urljoin(url, exc.headers.get("Location", "")), b""
+            if exc.code in (401, 403):
+                raise ForbiddenSourceError(f"{shown}: HTTP {exc.code}: the server refused access") from exc
+            if exc.code == 429 or exc.code >= 500:
+                raise SourceUnavailableError(f"{shown}: HTTP {exc.code}") from exc
+            if 300 <= exc.code < 400:
+                raise ForbiddenSourceError(f"{shown}: more than {config.max_redirects} redirects") from exc
+            raise SourceNotFoundError(f"{shown}: HTTP {exc.code}") from exc
+    except urllib.error.URLError as exc:
+        raise SourceUnavailableError(f"{shown}: {exc.reason}") from exc
+    except (TimeoutError, OSError) as exc:
+        raise SourceUnavailableError(f"{shown}: {exc}") from exc
+
+
+# ---- opening and decoding one file / segment / connection ------------------------------------
+
+
+def _options(src: Source, cfg: DecoderConfig) -> dict[str, str]:
+    connect_us, read_us = str(int(cfg.connect_timeout_s * 1e6)), str(int(cfg.read_timeout_s * 1e6))
+    options = {
+        "protocol_whitelist": PROTOCOLS[src.scheme],
+        "format_whitelist": ",".join(cfg.demuxers),
+        "max_pixels": str(cfg.max_pixels),  # also bounds the frames FFmpeg decodes while probing
+    }
+    if src.scheme in ("http", "https"):
+        # FFmpeg never follows redirects itself: _open follows them after checking each hop
+        options.update(timeout=connect_us, rw_timeout=read_us, reconnect="0", max_redirects="0")
+    elif src.scheme == "rtsp":
+        options.update(rtsp_transport="tcp", timeout=read_us)
+    elif src.scheme in ("rtmp", "rtmps"):
+        options.update(rw_timeout=read_us)
+    return options
+
+
+# errors that come from the source, not from the decoder set-up: no point retrying without NVDEC
+_SOURCE_ERRORS = (
+    av.error.FileNotFoundError, av.error.IsADirectoryError, av.error.InvalidDataError, av.error.HTTPError, av.error.HTTPClientError,
+    av.error.ConnectionRefusedError, av.error.ConnectionResetError, av.error.ConnectionAbortedError,
+    av.error.TimeoutError, av.error.ExitError, av.error.EOFError, av.error.OSError, av.error.ArgumentError,
+)
+
+
+def _open(run: _Run, src: Source, hops: int = 0) -> tuple[av.container.InputContainer, Source]:
+    """Open a checked source with PyAV (NVDEC when chosen); returns the container and the
+    source actually opened (the target of any redirect)."""
+    cfg = run.config
+    hwaccel = None
+    if not run.hw_failed and src.kind != "image":
+        hwaccel, _reason = choose_hwaccel(cfg)
+    local = Path(src.uri) if src.scheme == "file" else None
+    try:
+        container = av.open(src.uri, options=_options(src, cfg), timeout=(cfg.connect_timeout_s, cfg.read_timeout_s),
+                            hwaccel=hwaccel)
     except av.error.FFmpegError as exc:
-        if hwaccel is not None and not isinstance(exc, (av.error.FileNotFoundError, av.error.InvalidDataError)):
-            log.warning("NVDEC open failed for %s (%s); falling back to CPU decode for this stream", uri, exc)
+        if hwaccel is not None and not isinstance(exc, _SOURCE_ERRORS):
+            _warn_once("nvdec-open", "NVDEC open failed for %s (%s); decoding on the CPU", src.display, _why(exc))
             run.hw_failed = True
-            return _open(run, uri, src)
-        raise _map_error(exc, uri, local=local) from exc
+            return _open(run, src, hops)
+        if src.scheme in ("http", "https") and isinstance(exc, av.error.OSError) and exc.errno == 5:
+            target = _redirect_target(src, cfg, hops)  # FFmpeg's "I/O error" hides redirects and HTTP statuses
+            if target is not None:
+                return _open(run, target, hops + 1)
+        if isinstance(exc, av.error.ArgumentError):
+            raise UnsupportedMediaError(
+                f"{src.display}: FFmpeg refused to open it ({_why(exc)}); is its container in the allowed demuxers?"
+            ) from exc
+        raise _map_error(exc, src.display, local=local) from exc
+    return container, src
+
+
+def _check_linked(uri: str, parent: Source, cfg: DecoderConfig, what: str) -> Source:
+    """Check a URI that a source points at (a redirect, a playlist entry) like any other URI;
+    a network source may not point at local files."""
+    target = check_uri(uri, cfg)
+    if parent.scheme != "file" and target.scheme == "file":
+        raise ForbiddenSourceError(f"{parent.display}: {what} to a local file {target.display!r} refused")
+    return target
+
+
+def _redirect_target(src: Source, cfg: DecoderConfig, hops: int) -> Source | None:
+    """Ask the server with urllib what FFmpeg's I/O error hides: a redirect (checked) or a status."""
+    status, location, _ = _http_get(src.uri, cfg, follow=False, limit=0)
+    if not 300 <= status < 400:
+        return None  # a plain answer: FFmpeg's error stands
+    if hops >= cfg.max_redirects:
+        raise ForbiddenSourceError(
+            f"{src.display}: redirect to {redact(location)!r} refused (more than {cfg.max_redirects} redirects)"
+        )
+    target = _check_linked(location, src, cfg, "redirect")
+    if target.kind == "hls" and src.kind != "hls":
+        raise UnsupportedMediaError(f"{src.display}: redirects to an HLS playlist; send the playlist URI instead")
+    return target
 
 
 def _lazy_rgb(frame: av.VideoFrame) -> Callable[[], np.ndarray]:
@@ -154,32 +324,60 @@ def _lazy_rgb(frame: av.VideoFrame) -> Callable[[], np.ndarray]:
     return get
 
 
+def fitted_size(width: int, height: int, size: Resize) -> tuple[int, int]:
+    """The (w, h) a frame of ``width`` x ``height`` is scaled to for ``size``.
+
+    ``keep_aspect`` fits the frame inside the box, keeping its aspect ratio; otherwise the
+    frame is squashed to exactly the box.
+    """
+    if not size.keep_aspect:
+        return size.width, size.height
+    s = min(size.width / width, size.height / height)
+    return max(1, round(width * s)), max(1, round(height * s))
+
+
 def _scaled(frame: av.VideoFrame, size: Resize) -> np.ndarray:
-    w, h = size.width, size.height
-    if size.keep_aspect:
-        s = min(w / frame.width, h / frame.height)
-        w, h = max(1, round(frame.width * s)), max(1, round(frame.height * s))
+    w, h = fitted_size(frame.width, frame.height, size)
     return frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="AREA")
 
 
-def _decode_file(run: _Run, uri: str, src: Source, *, t_offset: float = 0.0, live: bool = False) -> Iterator[SampledFrame]:
-    """Decode one finite file/segment (or one connection to a live source) and yield sampled frames."""
+def _decode_segment(run: _Run, src: Source, *, t_offset: float = 0.0, live: bool = False) -> Iterator[SampledFrame]:
+    """Decode one source, again on the CPU when NVDEC fails before the first frame."""
+    try:
+        yield from _decode_file(run, src, t_offset=t_offset, live=live)
+    except _HwRetry:
+        yield from _decode_file(run, src, t_offset=t_offset, live=live)
+
+
+def _decode_file(run: _Run, src: Source, *, t_offset: float = 0.0, live: bool = False) -> Iterator[SampledFrame]:
+    """Decode one finite file/segment (or one connection to a live source) and yield sampled frames.
+
+    Limits (frames, media seconds, wall time) apply per call, i.e. per segment; a live
+    connection is bounded only by ``max_live_seconds``. When the data ends in garbage after
+    some frames were decoded (a truncated segment, a cut connection), the frames decoded so
+    far are kept and the segment ends with a warning; with no frame at all it is an error.
+    """
     cfg, sampler = run.config, run.sampler
-    container = _open(run, uri, src)
-    local = Path(uri) if src.scheme == "file" else None
+    container, src = _open(run, src)
+    shown = src.display
+    local = Path(src.uri) if src.scheme == "file" else None
+    seg_started = time.monotonic()
     with container:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
-            raise UnsupportedMediaError(f"{uri}: no video stream (streams: {', '.join(kinds)})")
+            raise UnsupportedMediaError(f"{shown}: no video stream (streams: {', '.join(kinds)})")
         vs = container.streams.video[0]
         cc = vs.codec_context
         if cc is None:
-            raise UnsupportedMediaError(f"{uri}: no decoder for codec {vs.codec.name if vs.codec else '?'}")
+            raise UnsupportedMediaError(f"{shown}: no decoder for codec {vs.codec.name if vs.codec else '?'}")
         if cc.width and cc.height and cc.width * cc.height > cfg.max_pixels:
-            raise MediaLimitError(f"{uri}: frame size {cc.width}x{cc.height} is over the limit of {cfg.max_pixels} pixels")
-        tb = vs.time_base
+            raise MediaLimitError(f"{shown}: frame size {cc.width}x{cc.height} is over the limit of {cfg.max_pixels} pixels")
+        hw = bool(cc.is_hwaccel)
+        tb = float(vs.time_base) if vs.time_base else 0.0
+        rate = float(vs.average_rate) if vs.average_rate else 0.0
         start = vs.start_time
-        if src.kind != "image" and sampler.keyframes_only:
+        image = src.kind == "image"
+        if not image and sampler.keyframes_only:
             cc.skip_frame = "NONKEY"
         seen_packets = decoded_here = 0
         base = run.wall_start or 0.0
@@ -187,68 +385,93 @@ def _decode_file(run: _Run, uri: str, src: Source, *, t_offset: float = 0.0, liv
         while True:
             if run.stopped():
                 return
-            if time.monotonic() - run.started > cfg.decode_timeout_s and not live:
-                raise MediaLimitError(f"{uri}: decoding took longer than {cfg.decode_timeout_s:.0f} s", reason="decode_timeout")
+            if not live and time.monotonic() - seg_started > cfg.decode_timeout_s:
+                raise MediaLimitError(f"{shown}: decoding took longer than {cfg.decode_timeout_s:g} s", reason="decode_timeout")
             try:
                 packet = next(packets)
             except StopIteration:
                 break
             except av.error.FFmpegError as exc:
                 if decoded_here and isinstance(exc, (av.error.InvalidDataError, av.error.EOFError)):
-                    log.warning("%s: stream ends in bad data after %d frames (%s); keeping what was decoded", uri, decoded_here, exc)
+                    log.warning("%s: stream ends in bad data after %d frames (%s); keeping what was decoded",
+                                shown, decoded_here, _why(exc))
                     break
-                raise _map_error(exc, uri, local=local) from exc
-            if packet.pts is not None and packet.size:
+                if live and decoded_here and isinstance(exc, av.error.OSError) and exc.errno == 5:
+                    log.info("%s: end of stream (I/O error after %d frames)", shown, decoded_here)
+                    break
+                raise _map_error(exc, shown, local=local) from exc
+            if packet.pts is not None and packet.size and not image:
                 seen_packets += 1
                 if start is None:
                     start = packet.pts
-                t_pkt = t_offset + float((packet.pts - start) * tb)
-                if sampler.on_packet(base + t_pkt, packet.is_keyframe):
-                    log.info("%s: no keyframe for %.1f s: switching to interval sampling", uri, cfg.sampling.keyframe_fallback_s)
+                t_pkt = t_offset + (packet.pts - start) * tb
+                changed = sampler.on_packet(base + t_pkt, packet.is_keyframe)
+                if changed == "interval":
+                    log.info("%s: no keyframe for %g s of stream time: sampling every %g s",
+                             shown, cfg.sampling.keyframe_fallback_s, cfg.sampling.interval_s)
                     cc.skip_frame = "DEFAULT"
+                elif changed == "keyframes":
+                    log.info("%s: keyframes are back: sampling keyframes again", shown)
+                    cc.skip_frame = "NONKEY"
+            elif packet.size:
+                seen_packets += 1
             try:
                 frames = packet.decode()
             except av.error.FFmpegError as exc:
+                if hw and decoded_here == 0 and not isinstance(exc, av.error.InvalidDataError):
+                    _warn_once("nvdec-decode", "NVDEC decode failed for %s (%s); decoding on the CPU", shown, _why(exc))
+                    run.hw_failed = True
+                    raise _HwRetry() from exc
                 if isinstance(exc, av.error.InvalidDataError):
-                    log.debug("%s: undecodable packet skipped: %s", uri, exc)
+                    log.debug("%s: undecodable packet skipped: %s", shown, _why(exc))
                     continue
-                raise _map_error(exc, uri, local=local) from exc
+                raise _map_error(exc, shown, local=local) from exc
             for frame in frames:
                 decoded_here += 1
                 run.frames += 1
-                if run.frames > cfg.max_frames_per_segment and not live:
-                    raise MediaLimitError(f"{uri}: more than {cfg.max_frames_per_segment} frames")
+                if not live and decoded_here > cfg.max_frames_per_segment:
+                    raise MediaLimitError(f"{shown}: more than {cfg.max_frames_per_segment} frames")
                 if frame.width * frame.height > cfg.max_pixels:
-                    raise MediaLimitError(f"{uri}: frame size {frame.width}x{frame.height} is over the limit of {cfg.max_pixels} pixels")
-                pts = t_offset + (float((frame.pts - (start or 0)) * tb) if frame.pts is not None else 0.0)
-                if pts > cfg.max_segment_seconds and not live:
-                    raise MediaLimitError(f"{uri}: media longer than {cfg.max_segment_seconds:.0f} s")
+                    raise MediaLimitError(f"{shown}: frame size {frame.width}x{frame.height} is over the limit of {cfg.max_pixels} pixels")
+                if frame.pts is not None:
+                    rel = (frame.pts - (start or 0)) * tb
+                else:  # raw elementary streams may carry no timestamps: count frames
+                    rel = (decoded_here - 1) / rate if rate else 0.0
+                if not live and rel > cfg.max_segment_seconds:
+                    raise MediaLimitError(f"{shown}: media longer than {cfg.max_segment_seconds:g} s")
+                pts = t_offset + rel
                 if live and cfg.max_live_seconds and pts > cfg.max_live_seconds:
                     return
-                thumb = frame.to_ndarray(format="gray", width=THUMB, height=THUMB, interpolation="AREA")
-                reason = "image" if src.kind == "image" else sampler.decide(base + pts, bool(frame.key_frame), thumb)
-                if reason is None:
-                    continue
-                if src.kind == "image":
+                key = bool(frame.key_frame)
+                if image:
+                    reason = "image"
                     sampler.state.sampled += 1
-                images = {size: _scaled(frame, size) for size in run.sizes}
+                else:
+                    t = base + pts
+                    thumb = (frame.to_ndarray(format="gray", width=THUMB_SIZE, height=THUMB_SIZE, interpolation="AREA")
+                             if sampler.needs_thumb(t, key) else None)
+                    reason = sampler.decide(t, key, thumb)
+                    if reason is None:
+                        continue
                 yield SampledFrame(
                     stream_id=run.stream_id,
                     index=run.index,
                     pts=round(pts, 6),
                     wall_clock=(run.wall_start + pts) if run.wall_start is not None else time.time(),
-                    keyframe=bool(frame.key_frame),
+                    keyframe=key,
                     reason=reason,
                     width=frame.width,
                     height=frame.height,
-                    images=images,
+                    images={size: _scaled(frame, size) for size in run.sizes},
                     full_rgb=_lazy_rgb(frame),
                 )
                 run.index += 1
+                if image:
+                    return  # a still image is one frame
         if decoded_here == 0 and not live:
             if seen_packets == 0:
-                raise TruncatedMediaError(f"{uri}: the container holds no video packets")
-            raise CorruptMediaError(f"{uri}: {seen_packets} video packets but no frame could be decoded")
+                raise TruncatedMediaError(f"{shown}: the container holds no video packets")
+            raise CorruptMediaError(f"{shown}: {seen_packets} video packets but no frame could be decoded")
 
 
 # ---- HLS -------------------------------------------------------------------------------------
@@ -256,7 +479,14 @@ def _decode_file(run: _Run, uri: str, src: Source, *, t_offset: float = 0.0, liv
 
 @dataclass(frozen=True)
 class Playlist:
-    """A parsed media playlist: (sequence number, uri, duration) per segment, and whether it ended."""
+    """A parsed HLS playlist.
+
+    Attributes:
+        segments: (media sequence number, absolute URI, duration s) per media segment.
+        target: #EXT-X-TARGETDURATION in seconds.
+        ended: #EXT-X-ENDLIST seen (VOD, or a live stream that has finished).
+        variants: (bandwidth, absolute URI) per variant of a master playlist.
+    """
 
     segments: tuple[tuple[int, str, float], ...]
     target: float
@@ -265,70 +495,84 @@ class Playlist:
 
 
 def parse_m3u8(text: str, base: str) -> Playlist:
-    """Parse an HLS playlist (media or master) with segment URIs resolved against ``base``."""
-    if not text.lstrip().startswith("#EXTM3U"):
-        raise CorruptMediaError(f"{base}: not an HLS playlist (no #EXTM3U)")
+    """Parse an HLS playlist (media or master) with URIs resolved against ``base``.
+
+    Raises:
+        CorruptMediaError: not a playlist, or a tag value that does not parse.
+        UnsupportedMediaError: encrypted segments, byte ranges or fMP4 init sections.
+    """
+    text = text.lstrip("\ufeff \t\r\n")
+    if not text.startswith("#EXTM3U"):
+        raise CorruptMediaError(f"{redact(base)}: not an HLS playlist (no #EXTM3U)")
     seq, target, ended = 0, 2.0, False
     duration: float | None = None
-    segments, variants = [], []
+    segments: list[tuple[int, str, float]] = []
+    variants: list[tuple[int, str]] = []
     bandwidth: int | None = None
     for raw in text.splitlines():
         line = raw.strip()
         if not line:
             continue
-        if line.startswith("#EXT-X-MEDIA-SEQUENCE:"):
-            seq = int(line.split(":", 1)[1])
-        elif line.startswith("#EXT-X-TARGETDURATION:"):
-            target = float(line.split(":", 1)[1])
-        elif line.startswith("#EXTINF:"):
-            duration = float(line.split(":", 1)[1].split(",")[0])
-        elif line.startswith("#EXT-X-ENDLIST"):
-            ended = True
-        elif line.startswith("#EXT-X-STREAM-INF:"):
-            attrs = line.split(":", 1)[1]
-            bw = [a for a in attrs.split(",") if a.startswith("BANDWIDTH=")]
-            bandwidth = int(bw[0].split("=")[1]) if bw else 0
-        elif not line.startswith("#"):
-            uri = urljoin(base, line)
-            if bandwidth is not None:
-                variants.append((bandwidth, uri))
-                bandwidth = None
-            else:
-                segments.append((seq, uri, duration if duration is not None else target))
-                seq += 1
-                duration = None
+        try:
+            if line.startswith("#EXT-X-MEDIA-SEQUENCE:"):
+                seq = int(line.split(":", 1)[1])
+            elif line.startswith("#EXT-X-TARGETDURATION:"):
+                target = float(line.split(":", 1)[1])
+            elif line.startswith("#EXTINF:"):
+                duration = float(line.split(":", 1)[1].split(",")[0])
+            elif line.startswith("#EXT-X-ENDLIST"):
+                ended = True
+            elif line.startswith("#EXT-X-STREAM-INF:"):
+                bw = [a for a in line.split(":", 1)[1].split(",") if a.startswith("BANDWIDTH=")]
+                bandwidth = int(bw[0].split("=")[1]) if bw else 0
+            elif line.startswith("#EXT-X-KEY:") and "METHOD=NONE" not in line:
+                raise UnsupportedMediaError(f"{redact(base)}: encrypted HLS segments are not supported")
+            elif line.startswith(("#EXT-X-MAP:", "#EXT-X-BYTERANGE:")):
+                raise UnsupportedMediaError(
+                    f"{redact(base)}: {line.split(':', 1)[0]} (fMP4 init sections, byte ranges) is not supported"
+                )
+            elif not line.startswith("#"):
+                uri = urljoin(base, line)
+                if bandwidth is not None:
+                    variants.append((bandwidth, uri))
+                    bandwidth = None
+                else:
+                    segments.append((seq, uri, duration if duration is not None else target))
+                    seq += 1
+                    duration = None
+        except (ValueError, IndexError) as exc:
+            raise CorruptMediaError(f"{redact(base)}: bad playlist line {line[:80]!r}") from exc
     return Playlist(tuple(segments), target, ended, tuple(variants))
 
 
-def _fetch_text(run: _Run, src: Source) -> str:
+def _fetch_playlist(run: _Run, src: Source) -> Playlist:
+    """Read and parse a playlist; relative segment URIs resolve against its final URL (after redirects)."""
     if src.scheme == "file":
         try:
-            return Path(src.uri).read_text(errors="replace")
+            text = Path(src.uri).read_text(errors="replace")
         except FileNotFoundError as exc:
-            raise SourceNotFoundError(f"{src.uri}: no such playlist") from exc
+            raise SourceNotFoundError(f"{src.display}: no such playlist") from exc
         except OSError as exc:
-            raise CorruptMediaError(f"{src.uri}: cannot read playlist: {exc}") from exc
-    try:
-        with urllib.request.urlopen(src.uri, timeout=run.config.connect_timeout_s) as resp:  # noqa: S310 - checked URI
-            return resp.read(1 << 20).decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        if exc.code >= 500:
-            raise SourceUnavailableError(f"{src.uri}: HTTP {exc.code}") from exc
-        raise SourceNotFoundError(f"{src.uri}: HTTP {exc.code}") from exc
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        raise SourceUnavailableError(f"{src.uri}: {exc}") from exc
+            raise CorruptMediaError(f"{src.display}: cannot read playlist: {exc.strerror}") from exc
+        return parse_m3u8(text, Path(src.uri).as_uri())
+    _status, final_url, body = _http_get(src.uri, run.config, follow=True)
+    return parse_m3u8(body.decode("utf-8", "replace"), final_url)
 
 
 def _decode_hls(run: _Run, src: Source) -> Iterator[SampledFrame]:
-    """Follow an HLS playlist: every segment of a VOD one; new segments of a live one until it ends."""
+    """Follow an HLS playlist: every segment of a VOD one; new segments of a live one until it
+    ends, stalls, or ``max_live_seconds`` pass.
+
+    livemod reads the playlist itself instead of FFmpeg's hls demuxer so that every segment
+    URI passes ``check_uri`` (a playlist cannot point at a metadata address or a local file
+    outside the roots), and limits apply per segment. Segment times continue across segments
+    from the #EXTINF durations.
+    """
     cfg = run.config
-    base = src.uri if src.scheme != "file" else Path(src.uri).as_uri()
-    playlist = parse_m3u8(_fetch_text(run, src), base)
+    playlist = _fetch_playlist(run, src)
     if playlist.variants:  # master playlist: take the highest bandwidth variant
-        variant = max(playlist.variants)[1]
-        src = check_uri(variant, cfg)
-        base = src.uri if src.scheme != "file" else Path(src.uri).as_uri()
-        playlist = parse_m3u8(_fetch_text(run, src), base)
+        src = _check_linked(max(playlist.variants)[1], src, cfg, "variant")
+        playlist = _fetch_playlist(run, src)
     done: set[int] = set()
     t_next = 0.0
     idle_since = time.monotonic()
@@ -338,8 +582,10 @@ def _decode_hls(run: _Run, src: Source) -> Iterator[SampledFrame]:
                 continue
             if run.stopped():
                 return
-            seg = check_uri(uri, cfg)  # every segment is checked: a playlist cannot point elsewhere
-            yield from _decode_file(run, seg.uri, seg, t_offset=t_next)
+            seg = _check_linked(uri, src, cfg, "segment")  # a playlist cannot point anywhere a URI could not
+            if seg.kind == "hls":
+                raise CorruptMediaError(f"{src.display}: segment {seg.display} is itself a playlist")
+            yield from _decode_segment(run, seg, t_offset=t_next)
             t_next += dur
             done.add(seq)
             idle_since = time.monotonic()
@@ -348,44 +594,51 @@ def _decode_hls(run: _Run, src: Source) -> Iterator[SampledFrame]:
         if cfg.max_live_seconds and t_next >= cfg.max_live_seconds:
             return
         if time.monotonic() - idle_since > max(3 * playlist.target, cfg.read_timeout_s):
-            log.info("%s: live playlist stalled for %.0f s; treating it as ended", run.uri, time.monotonic() - idle_since)
+            log.info("%s: live playlist stalled for %.0f s; treating it as ended", src.display, time.monotonic() - idle_since)
             return
-        wait = max(0.2, playlist.target / 2)
-        if run.stop is not None:
-            if run.stop.wait(wait):
-                return
-        else:
-            time.sleep(wait)
-        playlist = parse_m3u8(_fetch_text(run, src), base)
+        if run.wait(max(0.2, playlist.target / 2)):
+            return
+        playlist = _fetch_playlist(run, src)
+
+
+# ---- RTMP / RTSP -----------------------------------------------------------------------------
 
 
 def _decode_live(run: _Run, src: Source) -> Iterator[SampledFrame]:
-    """Follow an RTMP/RTSP stream; reconnect with exponential backoff when it drops."""
+    """Follow an RTMP/RTSP stream until it ends; reconnect with exponential backoff when it drops.
+
+    A clean end (EOF, or the I/O error RTMP reports when the publisher stops) ends the call.
+    A drop (refused, reset, timed out) reconnects after ``initial_s``, doubling up to
+    ``max_s``; ``max_attempts`` failed attempts in a row end the call (quietly when frames
+    were seen, else with SourceUnavailableError). The sampler state and the stream time
+    carry over the reconnects.
+    """
     rc = run.config.reconnect
     attempt, backoff, t_offset = 0, rc.initial_s, 0.0
     while not run.stopped():
         before = run.frames
         try:
-            for frame in _decode_file(run, src.uri, src, t_offset=t_offset, live=True):
+            for frame in _decode_segment(run, src, t_offset=t_offset, live=True):
                 t_offset = max(t_offset, frame.pts)
                 yield frame
-            reason = "ended"
         except SourceUnavailableError as exc:
-            reason = str(exc)
+            why = str(exc)
+        else:
+            if run.frames > before:
+                log.info("%s: stream ended", src.display)
+                return
+            why = "connection closed before any frame"
         if run.frames > before:
             attempt, backoff = 0, rc.initial_s
         attempt += 1
         if rc.max_attempts and attempt > rc.max_attempts:
             if run.frames:
-                log.info("%s: gone after %d reconnect attempts; treating as the end of the stream", src.uri, attempt - 1)
+                log.info("%s: gone after %d reconnect attempts; treating it as the end of the stream", src.display, attempt - 1)
                 return
-            raise SourceUnavailableError(f"{src.uri}: no frames after {attempt - 1} attempts ({reason})")
-        log.info("%s: %s; reconnecting in %.1f s (attempt %d)", src.uri, reason, backoff, attempt)
-        if run.stop is not None:
-            if run.stop.wait(backoff):
-                return
-        else:
-            time.sleep(backoff)
+            raise SourceUnavailableError(f"{src.display}: no frames after {attempt - 1} reconnect attempts ({why})")
+        log.info("%s: %s; reconnecting in %.1f s (attempt %d)", src.display, why, backoff, attempt)
+        if run.wait(backoff):
+            return
         backoff = min(backoff * 2, rc.max_s)
 
 
@@ -401,22 +654,30 @@ def decode(
 ) -> Iterator[SampledFrame]:
     """Sample frames from a media URI.
 
+    A generator: nothing runs, and nothing is raised, until the first ``next()``; then the
+    URI is checked (``check_uri``) before anything is opened. Finite files and HTTP
+    segments are decoded once; .m3u8 playlists are followed (VOD to the end, live until it
+    ends); RTMP/RTSP are followed with reconnects. Still images give one frame.
+
     Args:
-        uri: a local path or file/http(s)/rtmp(s)/rtsp URI; .m3u8 is followed as HLS.
+        uri: a local path or a file/http(s)/rtmp(s)/rtsp URI.
         stream_id: carried into every SampledFrame.
         sizes: the working images to produce for each sampled frame (FFmpeg scales them).
-        config: limits, allowed sources and sampling.
-        wall_start: Unix time of PTS 0, when the ingest knows it.
+        config: limits, allowed sources, sampling, reconnects, hwaccel.
+        wall_start: Unix time of PTS 0, when the ingest knows it; frame times are
+            ``wall_start + pts`` (else the time of decoding).
         state: the stream's sampler state, carried across segments; mutated in place.
         stop: set it to end a live source early.
 
     Yields:
-        SampledFrame in PTS order.
+        SampledFrame in PTS order; ``index`` counts from 0 for this call.
 
     Raises:
-        BadUriError, ForbiddenSourceError: before anything is opened.
+        BadUriError, ForbiddenSourceError: the URI is refused (before or, for redirects and
+            HTTP 401/403, while opening).
         MediaError subclasses: the media is unusable (not retriable).
-        SourceUnavailableError: the network failed (retriable).
+        SourceNotFoundError: missing file, HTTP 404, unknown host.
+        SourceUnavailableError: the network failed or timed out (retriable).
     """
     src = check_uri(uri, config)
     run = _Run(uri, stream_id, sizes, config, Sampler(config.sampling, state), wall_start, stop)
@@ -425,4 +686,4 @@ def decode(
     elif src.is_live:
         yield from _decode_live(run, src)
     else:
-        yield from _decode_file(run, src.uri, src)
+        yield from _decode_segment(run, src)

@@ -2,20 +2,64 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from livemod.decoders.config import SamplerConfig
 from livemod.decoders.types import SampleReason
+from pydantic import BaseModel, ConfigDict, Field
+
+SampleMode = Literal["keyframes", "interval"]
+THUMB_SIZE = 32  # the grey thumbnail the decoder hands to the sampler is THUMB_SIZE x THUMB_SIZE
+
+
+class SamplerConfig(BaseModel):
+    """Which decoded frames are worth classifying.
+
+    Attributes:
+        mode: "keyframes" decodes only keyframes (the decoder skips the rest: cheapest);
+            "interval" decodes every frame and samples one every ``interval_s`` of PTS.
+        interval_s: sampling period in interval mode, and in the keyframe fallback.
+        keyframe_fallback_s: in keyframes mode, when no keyframe arrives for this many
+            seconds of stream time (intra-refresh streams have none), switch to interval
+            sampling. When keyframes come back closer together than this, keyframe
+            sampling resumes.
+        scene_threshold: mean absolute difference (0-255) of a 32x32 grey thumbnail from the
+            last sampled frame that forces a sample between intervals. It is checked only on
+            frames that are decoded anyway: in keyframes mode the decoder skips non-key frames
+            (``skip_frame="NONKEY"``), so the scene trigger acts in interval mode and in the
+            keyframe fallback. 0 = off.
+        dup_max_distance: a frame whose 64-bit dHash is within this Hamming distance of the
+            last emitted frame is a near-duplicate (reason "duplicate"). Negative = off.
+        heartbeat_s: a still scene is emitted for classification again at least this often.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: SampleMode = "keyframes"
+    interval_s: float = Field(default=1.0, gt=0)
+    keyframe_fallback_s: float = Field(default=3.0, gt=0)
+    scene_threshold: float = Field(default=30.0, ge=0, le=255)
+    dup_max_distance: int = Field(default=4, le=64)
+    heartbeat_s: float = Field(default=10.0, gt=0)
 
 
 def dhash(gray: np.ndarray) -> int:
-    """64-bit difference hash of a grey image already scaled to (8, 9): bit = left < right neighbour."""
+    """64-bit difference hash.
+
+    Args:
+        gray: grey image already scaled to shape (8, 9), any real dtype.
+
+    Returns:
+        An int in [0, 2**64): bit (r, c), row-major from the most significant bit, is set when
+        pixel (r, c + 1) is brighter than pixel (r, c).
+    """
     if gray.shape != (8, 9):
         raise ValueError(f"dhash needs an (8, 9) grey image, got {gray.shape}")
-    bits = (gray[:, 1:].astype(np.int16) > gray[:, :-1].astype(np.int16)).ravel()
+    g = gray.astype(np.float32)
+    bits = (g[:, 1:] > g[:, :-1]).ravel()
     return int(np.packbits(bits).view(">u8")[0])
 
 
@@ -25,9 +69,16 @@ def hamming(a: int, b: int) -> int:
 
 
 def thumb_hash(thumb: np.ndarray) -> int:
-    """dHash of a 32x32 grey thumbnail (block-averaged down to 8x9 without OpenCV)."""
+    """dHash of a grey thumbnail, block-averaged down to (8, 9) in numpy.
+
+    Args:
+        thumb: uint8 grey image (H, W) with H a multiple of 8 and W >= 9, e.g. the (32, 32)
+            thumbnail FFmpeg's scaler makes for every decoded frame the sampler looks at.
+    """
+    if thumb.ndim != 2 or thumb.shape[0] % 8 or thumb.shape[1] < 9:
+        raise ValueError(f"thumb_hash needs a grey (8k, >=9) thumbnail, got {thumb.shape}")
     t = thumb.astype(np.float32)
-    # 32 columns -> 9 by linear interpolation, 32 rows -> 8 by block means
+    # columns -> 9 by linear interpolation, rows -> 8 by block means
     cols = np.linspace(0, t.shape[1] - 1, 9)
     lo = np.floor(cols).astype(int)
     hi = np.minimum(lo + 1, t.shape[1] - 1)
@@ -37,73 +88,128 @@ def thumb_hash(thumb: np.ndarray) -> int:
     return dhash(small)
 
 
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference (0-255) of two uint8 images of the same shape."""
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
 @dataclass
 class SamplerState:
     """What the sampler remembers, per stream, across the segments of one live stream.
 
     Times are stream seconds (the reference's wall-clock start plus PTS, when known), so the
-    interval and heartbeat carry over from one segment to the next.
+    interval and heartbeat carry over from one segment to the next. ``to_dict``/``from_dict``
+    give a JSON-safe round trip for the service's state store.
+
+    Attributes:
+        mode: the sampling mode in effect (keyframes, or interval after a fallback).
+        last_emit_t: time of the last frame emitted for classification (not duplicates).
+        last_slot_t: time of the last interval slot taken.
+        last_key_t: time of the last keyframe packet seen.
+        first_t: time of the first packet seen (fallback clock before any keyframe).
+        last_hash: dHash of the last emitted frame.
+        last_thumb: hex of the last emitted frame's (32, 32) uint8 grey thumbnail.
+        decoded, sampled, skipped_dup, fallbacks: counters.
     """
 
-    mode: Literal["keyframes", "interval"] = "keyframes"
+    mode: SampleMode = "keyframes"
     last_emit_t: float | None = None
     last_slot_t: float | None = None
     last_key_t: float | None = None
     first_t: float | None = None
     last_hash: int | None = None
-    last_thumb: str | None = None  # hex of the (32, 32) uint8 thumbnail
+    last_thumb: str | None = None
     decoded: int = 0
     sampled: int = 0
     skipped_dup: int = 0
     fallbacks: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict of every field."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SamplerState":
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any]) -> SamplerState:
+        """Rebuild from ``to_dict`` output; unknown keys (from another version) are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        state = cls(**{k: v for k, v in data.items() if k in names})
+        if state.mode not in ("keyframes", "interval"):
+            raise ValueError(f"unknown sampler mode {state.mode!r}")
+        return state
 
 
 class Sampler:
     """Decides, frame by frame, what gets classified.
 
+    The decoder calls ``on_packet`` for every demuxed video packet (to notice missing
+    keyframes), ``want_decode``/``needs_thumb`` to skip work, and ``decide`` for every
+    decoded frame.
+
     Args:
         config: the sampling settings.
-        state: carried-over state (a new one when None); mutated in place.
+        state: carried-over state (a new one in ``config.mode`` when None); mutated in place.
+            Interval mode in the settings wins over a saved keyframes mode; a saved interval
+            mode (a fallback) stays until keyframes come back.
     """
 
     def __init__(self, config: SamplerConfig, state: SamplerState | None = None) -> None:
         self.config = config
         self.state = state if state is not None else SamplerState(mode=config.mode)
-        if state is None:
-            self.state.mode = config.mode
+        if config.mode == "interval":
+            self.state.mode = "interval"  # settings changed since the state was saved; a fallback state stays
 
     @property
     def keyframes_only(self) -> bool:
-        """True while the decoder may skip non-key frames."""
+        """True while the decoder may skip non-key frames (``skip_frame="NONKEY"``)."""
         return self.state.mode == "keyframes"
 
-    def on_packet(self, t: float, is_key: bool) -> bool:
-        """Watch demuxed video packets; returns True when keyframe sampling must fall back to interval.
+    def want_decode(self, is_key: bool) -> bool:
+        """Whether a packet's frame needs decoding at all: in keyframes mode only keyframes do."""
+        return is_key or not self.keyframes_only
 
-        In keyframes mode, when no keyframe was seen for ``keyframe_fallback_s`` of stream
-        time (intra-refresh streams), the mode switches to interval for good.
+    def needs_thumb(self, t: float, is_key: bool) -> bool:
+        """Whether ``decide`` will look at the thumbnail of a frame at time ``t``.
+
+        The thumbnail is needed when the frame may be emitted (a keyframe in keyframes mode,
+        a due interval slot) or when the scene trigger is on in interval mode; otherwise the
+        decoder can skip making it.
         """
-        s = self.state
+        s, c = self.state, self.config
+        if s.mode == "keyframes":
+            return is_key
+        due = s.last_slot_t is None or t - s.last_slot_t >= c.interval_s - 1e-6
+        return due or c.scene_threshold > 0
+
+    def on_packet(self, t: float, is_key: bool) -> SampleMode | None:
+        """Watch a demuxed video packet; returns the new mode when it changes.
+
+        Keyframes mode switches to interval when no keyframe was seen for
+        ``keyframe_fallback_s`` of stream time (intra-refresh streams). After a fallback, when
+        the configured mode is keyframes and two keyframes arrive closer together than that,
+        keyframes mode resumes.
+        """
+        s, c = self.state, self.config
         if s.first_t is None:
             s.first_t = t
         if is_key:
-            s.last_key_t = t
-            return False
+            prev, s.last_key_t = s.last_key_t, t
+            if (
+                s.mode == "interval"
+                and c.mode == "keyframes"
+                and prev is not None
+                and 0 <= t - prev < c.keyframe_fallback_s
+            ):
+                s.mode = "keyframes"
+                return "keyframes"
+            return None
         if s.mode != "keyframes":
-            return False
+            return None
         since = t - (s.last_key_t if s.last_key_t is not None else s.first_t)
-        if since >= self.config.keyframe_fallback_s:
+        if since >= c.keyframe_fallback_s:
             s.mode = "interval"
             s.fallbacks += 1
-            return True
-        return False
+            return "interval"
+        return None
 
     def decide(self, t: float, is_key: bool, thumb: np.ndarray | None) -> SampleReason | None:
         """Whether to emit a decoded frame, and why.
@@ -111,13 +217,16 @@ class Sampler:
         Args:
             t: the frame's time in stream seconds.
             is_key: the frame is a keyframe.
-            thumb: (32, 32) uint8 grey thumbnail (for the duplicate and scene checks), or None.
+            thumb: (32, 32) uint8 grey thumbnail (for the duplicate and scene checks), or None
+                (then neither check runs).
 
         Returns:
             The reason to sample it, or None to drop it. "duplicate" means the frame would be
-            sampled but looks like the last emitted one: callers repeat that frame's scores
-            instead of classifying it again (static scenes cost nothing, and rule windows
-            still advance); a still scene is classified again after ``heartbeat_s``.
+            sampled but its dHash is within ``dup_max_distance`` of the last emitted frame:
+            callers repeat that frame's scores instead of classifying it again (static scenes
+            cost nothing, and rule windows still advance). A still scene is emitted again as
+            "heartbeat" once ``heartbeat_s`` has passed since the last emitted frame. A scene
+            cut is never a duplicate.
         """
         s, c = self.state, self.config
         s.decoded += 1
@@ -129,21 +238,20 @@ class Sampler:
             reason = "interval"
             s.last_slot_t = t
         elif c.scene_threshold > 0 and thumb is not None and s.last_thumb is not None:
-            prev = np.frombuffer(bytes.fromhex(s.last_thumb), np.uint8).reshape(thumb.shape)
-            diff = float(np.abs(thumb.astype(np.int16) - prev.astype(np.int16)).mean())
-            if diff >= c.scene_threshold:
+            prev = np.frombuffer(bytes.fromhex(s.last_thumb), np.uint8)
+            if prev.size == thumb.size and mean_abs_diff(thumb, prev.reshape(thumb.shape)) >= c.scene_threshold:
                 reason = "scene"
         if reason is None:
             return None
         h = thumb_hash(thumb) if thumb is not None else None
         if (
-            reason != "scene"  # a cut is never a duplicate, whatever the hash says (it ignores brightness)
+            reason != "scene"  # a cut is never a duplicate, whatever the hash says (dHash ignores brightness)
             and c.dup_max_distance >= 0
             and h is not None
             and s.last_hash is not None
             and hamming(h, s.last_hash) <= c.dup_max_distance
         ):
-            if s.last_emit_t is not None and t - s.last_emit_t < c.heartbeat_s:
+            if s.last_emit_t is not None and 0 <= t - s.last_emit_t < c.heartbeat_s:
                 s.skipped_dup += 1
                 return "duplicate"
             reason = "heartbeat"

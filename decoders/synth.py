@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable
 
 import av
 import numpy as np
@@ -17,6 +17,7 @@ CODEC_OPTIONS = {
     "mpeg4": lambda g: {"g": str(g)},
     "mjpeg": lambda g: {},
 }
+CODEC_ALIASES = {"h264": "libx264", "hevc": "libx265", "h265": "libx265", "vp9": "libvpx-vp9"}
 CONTAINER_BY_EXT = {".mp4": "mp4", ".ts": "mpegts", ".mkv": "matroska", ".webm": "webm", ".flv": "flv", ".avi": "avi"}
 
 
@@ -58,13 +59,14 @@ def write_video(
         path: output file (written atomically: a temp name, then renamed).
         frames: uint8 (H, W, 3) RGB frames; all the size of the first.
         fps: frame rate.
-        codec: libx264, libx265, libvpx-vp9, mpeg4, mjpeg.
+        codec: libx264, libx265, libvpx-vp9, mpeg4, mjpeg (or h264, hevc, vp9).
         gop: frames between keyframes.
         container: FFmpeg muxer name; from the extension when None.
         options: encoder options replacing the defaults for the codec.
         pix_fmt: pixel format (yuv420p by default, yuvj420p for mjpeg).
     """
     path = Path(path)
+    codec = CODEC_ALIASES.get(codec, codec)
     fmt = container or CONTAINER_BY_EXT.get(path.suffix.lower())
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     opts = options if options is not None else CODEC_OPTIONS.get(codec, lambda g: {})(gop)
@@ -95,6 +97,7 @@ def write_hls(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    codec = CODEC_ALIASES.get(codec, codec)
     gop = max(1, round(fps * segment_seconds))
     playlist = directory / "index.m3u8"
     opts = {
@@ -113,6 +116,8 @@ def write_hls(
 def write_image(path: Path | str, rgb: np.ndarray) -> Path:
     """Write an RGB uint8 image as JPEG or PNG (by extension) with PyAV's encoders."""
     path = Path(path)
+    if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise ValueError(f"write_image writes .png, .jpg or .jpeg, not {path.suffix!r}")
     codec = "png" if path.suffix.lower() == ".png" else "mjpeg"
     fmt = "rgb24" if codec == "png" else "yuvj420p"
     h, w = rgb.shape[:2]
