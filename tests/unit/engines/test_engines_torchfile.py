@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from livemod.decoders.errors import ModelError
-from livemod.engines.prepare import same_pads
 from livemod.engines.torchfile import LEGACY_MAGIC, load_state_dict
 
 
@@ -59,7 +58,8 @@ class _Tensor:
 
     def __reduce__(self):
         storage_pid, offset, size, stride = self.args
-        return (self.torch._utils._rebuild_tensor_v2, (_Pid(storage_pid), offset, size, stride, False, collections.OrderedDict()))
+        args = (_Pid(storage_pid), offset, size, stride, False, collections.OrderedDict())
+        return (self.torch._utils._rebuild_tensor_v2, args)
 
 
 class _Pid:
@@ -105,15 +105,42 @@ def test_zip_format(tmp_path):
     _check(load_state_dict(path))
 
 
-def test_legacy_format(tmp_path):
-    with _FakeTorch() as torch:
-        body = _dump(_state(torch))
-    path = tmp_path / "m.pth"
-    path.write_bytes(
-        pickle.dumps(LEGACY_MAGIC, 2) + pickle.dumps(1001, 2) + pickle.dumps({"little_endian": True}, 2)
-        + body + pickle.dumps(["0"], 2) + struct.pack("<q", STORAGE.size) + STORAGE.tobytes()
+def _legacy(torch, *, magic=LEGACY_MAGIC, version=1001, little_endian=True, count=STORAGE.size) -> bytes:
+    return (
+        pickle.dumps(magic, 2) + pickle.dumps(version, 2) + pickle.dumps({"little_endian": little_endian}, 2)
+        + _dump(_state(torch)) + pickle.dumps(["0"], 2) + struct.pack("<q", count) + STORAGE.tobytes()
     )
+
+
+def test_legacy_format(tmp_path):
+    path = tmp_path / "m.pth"
+    with _FakeTorch() as torch:
+        path.write_bytes(_legacy(torch))
     _check(load_state_dict(path))
+
+
+@pytest.mark.parametrize(
+    "header, match",
+    [({"magic": 123}, "magic"), ({"version": 1000}, "protocol"), ({"little_endian": False}, "big-endian"),
+     ({"count": STORAGE.size + 1}, "truncated")],
+)
+def test_legacy_format_refuses_bad_headers(tmp_path, header, match):
+    path = tmp_path / "m.pth"
+    with _FakeTorch() as torch:
+        path.write_bytes(_legacy(torch, **header))
+    with pytest.raises(ModelError, match=match):
+        load_state_dict(path)
+
+
+def test_view_past_its_storage_is_refused(tmp_path):
+    with _FakeTorch() as torch:
+        pkl = _dump(collections.OrderedDict(w=_Tensor("0", 6, (3, 4), (4, 1), torch)))
+    path = tmp_path / "m.pth"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", pkl)
+        zf.writestr("archive/data/0", STORAGE.tobytes())
+    with pytest.raises(ModelError, match="past its storage"):
+        load_state_dict(path)
 
 
 def test_forbidden_global_is_refused(tmp_path):
@@ -139,12 +166,3 @@ def test_real_lite0_state_dict():
     assert sd["_conv_stem.weight"].shape == (32, 3, 3, 3)
     assert sd["_fc.weight"].shape == (1000, 1280) and sd["_fc.weight"].dtype == np.float32
     assert sum(k.endswith("_depthwise_conv.weight") for k in sd) == 16
-
-
-@pytest.mark.parametrize(
-    "size, k, s, expected",
-    [(224, 3, 2, (0, 1, 112)), (112, 3, 1, (1, 1, 112)), (112, 5, 2, (1, 2, 56)), (14, 5, 2, (1, 2, 7)),
-     (7, 1, 1, (0, 0, 7)), (15, 3, 2, (1, 1, 8))],
-)
-def test_tf_same_padding(size, k, s, expected):
-    assert same_pads(size, k, s) == expected
