@@ -1,8 +1,9 @@
-"""Thin cuda-python (cuda.bindings.runtime) helpers: status codes become GpuError naming the CUDA error."""
+"""Thin cuda-python (``cuda.bindings.runtime``) helpers: every CUDA status becomes a named GpuError."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ctypes
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -11,103 +12,136 @@ from livemod.decoders.errors import ConfigError, GpuError
 
 
 def runtime() -> Any:
-    """The cuda.bindings runtime module (cuda-python), imported lazily."""
+    """The ``cuda.bindings.runtime`` module of cuda-python, imported lazily.
+
+    Raises:
+        ConfigError: cuda-python is not installed (the ``gpu`` extra).
+    """
     try:
         from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart  # cuda-python < 12.6 layout
-        except ImportError as exc:
-            raise ConfigError("cuda-python is not installed: pip install 'livemod[gpu]'") from exc
+    except ImportError as exc:
+        raise ConfigError("cuda-python is not installed: pip install 'livemod[gpu]'") from exc
     return cudart
 
 
+def error_name(err: Any) -> str:
+    """The CUDA error's enum name (``cudaErrorNoDevice``...) from ``cudaGetErrorName``."""
+    cudart = runtime()
+    status, name = cudart.cudaGetErrorName(err)
+    if status != cudart.cudaError_t.cudaSuccess or not name:
+        return str(getattr(err, "name", err))
+    return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+
+
+def _error_text(err: Any) -> str:
+    cudart = runtime()
+    status, text = cudart.cudaGetErrorString(err)
+    if status != cudart.cudaError_t.cudaSuccess or not text:
+        return ""
+    return text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+
+
 def check(result: Any, call: str) -> Any:
-    """Unpack a cuda-python result tuple ``(err, *values)``; raise GpuError unless cudaSuccess.
+    """Unpack a cuda-python result ``(status, *values)``; raise unless the status is cudaSuccess.
+
+    Args:
+        result: what a ``cuda.bindings.runtime`` call returned: a tuple whose first item is a
+            ``cudaError_t``.
+        call: the call's name, for the message (e.g. ``"cudaMemcpyAsync(HtoD)"``).
 
     Returns:
         None, the single value, or a tuple of values.
+
+    Raises:
+        GpuError: ``"<call> failed: <cudaErrorName> (<description>)"``, reason ``cuda_<cudaErrorName>``.
     """
-    cudart = runtime()
-    if isinstance(result, tuple):
-        err, values = result[0], result[1:]
-    else:
-        err, values = result, ()
-    if err != cudart.cudaError_t.cudaSuccess:
-        name = err.name if hasattr(err, "name") else str(err)
-        try:
-            _e, desc = cudart.cudaGetErrorString(err)
-            desc = desc.decode() if isinstance(desc, bytes) else str(desc)
-        except Exception:  # noqa: BLE001 - the name alone is still useful
-            desc = ""
-        raise GpuError(f"{call} failed: {name}" + (f" ({desc})" if desc else ""), reason=f"cuda_{name}")
+    status, values = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
+    if status != runtime().cudaError_t.cudaSuccess:
+        name, text = error_name(status), _error_text(status)
+        raise GpuError(f"{call} failed: {name}" + (f" ({text})" if text else ""), reason=f"cuda_{name}")
     if not values:
         return None
     return values[0] if len(values) == 1 else values
 
 
 def device_count() -> int:
+    """``cudaGetDeviceCount``; raises GpuError (cudaErrorInsufficientDriver, cudaErrorNoDevice...)."""
     return int(check(runtime().cudaGetDeviceCount(), "cudaGetDeviceCount"))
+
+
+def device_properties(device: int = 0) -> tuple[str, str]:
+    """(name, compute capability "major.minor") of one device, from ``cudaGetDeviceProperties``."""
+    prop = check(runtime().cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = prop.name
+    name = name.split(b"\0", 1)[0].decode(errors="replace") if isinstance(name, bytes) else str(name)
+    return name, f"{prop.major}.{prop.minor}"
 
 
 @dataclass
 class Buffer:
-    """A pinned host buffer and a device buffer of the same size, for one I/O tensor.
+    """A pinned (page-locked) host buffer and a device buffer of the same size, for one I/O tensor.
 
     Attributes:
-        host: numpy view of the pinned host memory, shape = the profile's max shape.
-        device: device pointer (int).
-        nbytes: size of each.
+        host: numpy view of the pinned host memory, with the shape and dtype asked for
+            (the optimization profile's max shape).
+        device: device pointer.
+        nbytes: size of each, in bytes.
     """
 
     host: np.ndarray
     device: int
     nbytes: int
-    _host_ptr: int
+    _host_ptr: int = field(repr=False)
 
     @classmethod
-    def allocate(cls, shape: tuple[int, ...], dtype: np.dtype) -> "Buffer":
+    def allocate(cls, shape: tuple[int, ...], dtype: np.dtype) -> Buffer:
+        """``cudaMallocHost`` + ``cudaMalloc`` of ``prod(shape) * itemsize`` bytes each."""
         cudart = runtime()
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        host_ptr = check(cudart.cudaMallocHost(nbytes), "cudaMallocHost")
+        host_ptr = int(check(cudart.cudaMallocHost(nbytes), "cudaMallocHost"))
         try:
-            device = check(cudart.cudaMalloc(nbytes), "cudaMalloc")
+            device = int(check(cudart.cudaMalloc(nbytes), "cudaMalloc"))
         except GpuError:
             cudart.cudaFreeHost(host_ptr)
             raise
-        raw = (np.ctypeslib.as_array((np.ctypeslib.ctypes.c_byte * nbytes).from_address(int(host_ptr))))
-        host = raw.view(dtype).reshape(shape)
-        return cls(host, int(device), nbytes, int(host_ptr))
+        raw = np.ctypeslib.as_array((ctypes.c_byte * nbytes).from_address(host_ptr))
+        return cls(raw.view(dtype).reshape(shape), device, nbytes, host_ptr)
 
     def free(self) -> None:
+        """Free both buffers (idempotent); raises GpuError if CUDA refuses."""
         cudart = runtime()
-        if self.device:
-            cudart.cudaFree(self.device)
-            self.device = 0
-        if self._host_ptr:
-            cudart.cudaFreeHost(self._host_ptr)
-            self._host_ptr = 0
+        device, host_ptr = self.device, self._host_ptr
+        self.device = self._host_ptr = 0
+        if device:
+            check(cudart.cudaFree(device), "cudaFree")
+        if host_ptr:
+            check(cudart.cudaFreeHost(host_ptr), "cudaFreeHost")
 
 
 def copy_htod_async(dst: int, src: np.ndarray, nbytes: int, stream: Any) -> None:
+    """Enqueue a host-to-device copy of the first ``nbytes`` of ``src`` (pinned, contiguous)."""
     cudart = runtime()
-    check(cudart.cudaMemcpyAsync(dst, src.ctypes.data, nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, stream),
-          "cudaMemcpyAsync(HtoD)")
+    kind = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+    check(cudart.cudaMemcpyAsync(dst, src.ctypes.data, nbytes, kind, stream), "cudaMemcpyAsync(HtoD)")
 
 
 def copy_dtoh_async(dst: np.ndarray, src: int, nbytes: int, stream: Any) -> None:
+    """Enqueue a device-to-host copy into the first ``nbytes`` of ``dst`` (pinned, contiguous)."""
     cudart = runtime()
-    check(cudart.cudaMemcpyAsync(dst.ctypes.data, src, nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream),
-          "cudaMemcpyAsync(DtoH)")
+    kind = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+    check(cudart.cudaMemcpyAsync(dst.ctypes.data, src, nbytes, kind, stream), "cudaMemcpyAsync(DtoH)")
 
 
 def stream_create() -> Any:
-    return check(runtime().cudaStreamCreate(), "cudaStreamCreate")
+    """A non-blocking stream: no implicit synchronisation with the legacy default stream."""
+    cudart = runtime()
+    return check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking), "cudaStreamCreateWithFlags")
 
 
 def stream_sync(stream: Any) -> None:
+    """Wait until everything enqueued on ``stream`` has finished."""
     check(runtime().cudaStreamSynchronize(stream), "cudaStreamSynchronize")
 
 
 def stream_destroy(stream: Any) -> None:
-    runtime().cudaStreamDestroy(stream)
+    check(runtime().cudaStreamDestroy(stream), "cudaStreamDestroy")

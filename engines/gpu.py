@@ -1,16 +1,20 @@
 """Probe for an NVIDIA GPU and TensorRT before anything creates a TensorRT Runtime.
 
-A lean TensorRT runtime segfaults in ``deserialize_cuda_engine`` where there is no GPU, so
-the order is: CUDA driver answers with at least one device -> ``tensorrt`` imports -> only
-then may a Runtime be created.
+A lean TensorRT runtime segfaults in ``deserialize_cuda_engine`` where there is no GPU, so the
+order is fixed: cuda-python imports -> ``cudaGetDeviceCount`` answers with at least one
+device -> ``tensorrt`` imports. Only then may engines/trt.py create a Runtime.
 """
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
+
+from livemod.decoders.errors import ConfigError, GpuError
+from livemod.engines import cuda
+
+ENGINES = ("auto", "tensorrt", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -19,9 +23,10 @@ class GpuProbe:
 
     Attributes:
         available: a CUDA device answered and TensorRT imports.
-        reason: a sentence for logs and the `backend` metric's reason.
-        device_name, compute_capability: of device 0, when a device answered.
-        tensorrt_version: when TensorRT imports.
+        reason: one sentence for logs and the backend metric (why TensorRT is or is not usable).
+        device_name: device 0's name (e.g. "NVIDIA H100 80GB HBM3"), when a device answered.
+        compute_capability: device 0's "major.minor" (e.g. "9.0"), when a device answered.
+        tensorrt_version: ``tensorrt.__version__``, when TensorRT imports.
     """
 
     available: bool
@@ -31,47 +36,56 @@ class GpuProbe:
     tensorrt_version: str | None = None
 
 
-def _cuda_devices() -> tuple[int, str | None, str | None, str]:
-    """(count, name, compute capability, note) from the CUDA driver API, through ctypes."""
+def _probe() -> GpuProbe:
     try:
-        lib = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return 0, None, None, "no CUDA driver (libcuda.so.1 not found)"
-    rc = lib.cuInit(0)
-    if rc != 0:
-        return 0, None, None, f"cuInit returned CUDA error {rc}"
-    count = ctypes.c_int(0)
-    rc = lib.cuDeviceGetCount(ctypes.byref(count))
-    if rc != 0 or count.value < 1:
-        return 0, None, None, "the CUDA driver reports no device"
-    dev = ctypes.c_int(0)
-    lib.cuDeviceGet(ctypes.byref(dev), 0)
-    buf = ctypes.create_string_buffer(256)
-    lib.cuDeviceGetName(buf, 256, dev)
-    major, minor = ctypes.c_int(0), ctypes.c_int(0)
-    lib.cuDeviceGetAttribute(ctypes.byref(major), 75, dev)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
-    lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev)  # ..._MINOR
-    return count.value, buf.value.decode(errors="replace"), f"{major.value}.{minor.value}", "ok"
-
-
-@lru_cache(maxsize=1)
-def probe_gpu() -> GpuProbe:
-    """Probe once per process: GPU first, then TensorRT; never creates a TensorRT Runtime."""
-    count, name, cc, note = _cuda_devices()
+        cuda.runtime()
+    except ConfigError as exc:
+        return GpuProbe(False, str(exc))
+    try:
+        count = cuda.device_count()
+    except GpuError as exc:
+        return GpuProbe(False, f"no usable CUDA device: {exc}")
     if count < 1:
-        return GpuProbe(False, note)
+        return GpuProbe(False, "cudaGetDeviceCount reports no CUDA device")
+    try:
+        name, cc = cuda.device_properties(0)
+    except GpuError as exc:
+        return GpuProbe(False, f"CUDA device 0 does not answer: {exc}")
     if importlib.util.find_spec("tensorrt") is None:
         return GpuProbe(False, f"GPU {name} (sm {cc}) present but the tensorrt package is not installed", name, cc)
     try:
         import tensorrt
-    except Exception as exc:  # a broken TensorRT install raises all sorts of errors
-        return GpuProbe(False, f"tensorrt does not import: {exc}", name, cc)
-    version = getattr(tensorrt, "__version__", "?")
+    except Exception as exc:  # noqa: BLE001 - a broken TensorRT install raises ImportError, OSError, RuntimeError...
+        return GpuProbe(False, f"GPU {name} (sm {cc}) present but tensorrt does not import: {exc}", name, cc)
+    version = str(getattr(tensorrt, "__version__", "unknown"))
+    major = version.split(".", 1)[0]
+    if major.isdigit() and int(major) < 11:
+        return GpuProbe(False, f"TensorRT {version} is older than 11 (livemod uses the 11.x API)", name, cc, version)
     return GpuProbe(True, f"GPU {name} (sm {cc}), TensorRT {version}", name, cc, version)
 
 
+@lru_cache(maxsize=1)
+def probe_gpu() -> GpuProbe:
+    """Probe once per process (``probe_gpu.cache_clear()`` to probe again); never creates a Runtime."""
+    return _probe()
+
+
 def choose_backend(requested: str) -> tuple[str, str]:
-    """(backend, reason) for ``engine = auto | tensorrt | onnxruntime``."""
+    """Resolve the ``engine`` setting to a backend.
+
+    Args:
+        requested: "auto", "tensorrt" or "onnxruntime".
+
+    Returns:
+        (backend, reason): backend is "tensorrt" or "onnxruntime"; reason is one sentence for
+        the start-up log and a metric label. "tensorrt" that cannot run here comes back as
+        ("onnxruntime", "TensorRT not usable: ...") and the caller decides whether to refuse.
+
+    Raises:
+        ConfigError: ``requested`` is not one of the three names.
+    """
+    if requested not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {requested!r}")
     if requested == "onnxruntime":
         return "onnxruntime", "requested in settings"
     probe = probe_gpu()
