@@ -23,16 +23,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import json
 import logging
 import os
 import socket
 import ssl
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, AsyncIterator, Sequence
 
 import faust
 from faust.types import TP
@@ -62,32 +65,93 @@ class InternalError(LivemodError):
     reason = "internal_error"
 
 
+@dataclass(eq=False)
+class PendingAck:
+    """One event waiting for its ack; ``done`` once its handling finished."""
+
+    event: Any  # faust.types.EventT: needs .message.offset, .message.tp and .ack()
+    done: bool = False
+
+
 class OrderedAcks:
-    """Acks each partition's events strictly in offset order, as their handling finishes."""
+    """Acks each partition's events strictly in offset order, as their handling finishes.
+
+    Faust commits the highest contiguous acked offset, but its gap check is off by one when
+    acks arrive out of order, so an event is acked only when every earlier event of its
+    partition has been acked.
+
+    An offset delivered a second time since the last ``reset`` (a seek raced a fetch: Faust
+    lets an offset equal to the last one read through) is not handed out again: it is acked
+    right after the first copy.
+    """
 
     def __init__(self) -> None:
-        self._pending: dict[TP, collections.deque[list[Any]]] = collections.defaultdict(collections.deque)
+        self._pending: dict[Any, collections.deque[PendingAck]] = collections.defaultdict(collections.deque)
+        self._seen: dict[Any, int] = {}
 
-    def track(self, event: faust.types.EventT) -> list[Any]:
-        entry = [event.message.offset, event, False]
-        self._pending[event.message.tp].append(entry)
+    def track(self, event: Any) -> PendingAck | None:
+        """Register an event in arrival order; pass the result to ``done`` once it is handled.
+
+        Returns:
+            None when the offset was already delivered since the last reset: do not handle it.
+        """
+        tp, offset = event.message.tp, event.message.offset
+        entry = PendingAck(event)
+        self._pending[tp].append(entry)
+        if offset <= self._seen.get(tp, -1):
+            self.done(entry)
+            return None
+        self._seen[tp] = offset
         return entry
 
-    def done(self, entry: list[Any]) -> None:
-        entry[2] = True
-        queue = self._pending[entry[1].message.tp]
-        while queue and queue[0][2]:
-            _offset, event, _ = queue.popleft()
-            event.ack()
+    def done(self, entry: PendingAck) -> None:
+        """Mark one event handled and ack every handled event at the head of its partition."""
+        entry.done = True
+        queue = self._pending[entry.event.message.tp]
+        while queue and queue[0].done:
+            queue.popleft().event.ack()
 
     def outstanding(self) -> int:
+        """Events tracked and not yet acked."""
         return sum(len(q) for q in self._pending.values())
 
     def reset(self) -> int:
         """Forget every pending entry (partitions were revoked); returns how many were dropped."""
         n = self.outstanding()
         self._pending.clear()
+        self._seen.clear()
         return n
+
+
+def backoff_delay(attempt: int, base_s: float, cap_s: float) -> float:
+    """Seconds to wait before retry number ``attempt`` (1-based): base, 2 x base, 4 x base, ... up to cap."""
+    return min(base_s * 2 ** max(attempt - 1, 0), cap_s)
+
+
+class StreamLocks:
+    """One FIFO lock per stream id, forgotten when nobody holds or waits for it.
+
+    Tasks that enter in offset order run in offset order (asyncio.Lock wakes waiters first in,
+    first out, and a newcomer queues behind waiters), so a stream's references are judged in order.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[key]
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 @dataclass
@@ -125,9 +189,22 @@ class _App(faust.App):
     """faust.App with a hook after each rebalance has fully ended (recovery done, flow resumed)."""
 
     livemod_on_rebalance_end: Any = None
+    livemod_topics: tuple[Any, ...] = ()
+    livemod_rebalanced = False  # True once the first group join (and table recovery) has ended
+
+    async def on_start(self) -> None:
+        """Create missing topics with our partition counts before the consumer subscribes.
+
+        Faust declares only its internal topics (the table changelog); a source topic that the
+        broker auto-created would get the broker's default count and break co-partitioning.
+        """
+        await super().on_start()
+        for topic in self.livemod_topics:
+            await topic.maybe_declare()
 
     def on_rebalance_end(self) -> None:
         super().on_rebalance_end()
+        self.livemod_rebalanced = True
         if self.livemod_on_rebalance_end is not None:
             asyncio.ensure_future(self.livemod_on_rebalance_end())
 
@@ -149,9 +226,13 @@ class Worker:
     def __post_init__(self) -> None:
         s, k, w = self.settings, self.settings.kafka, self.settings.worker
         self.worker_id = w.id or f"{socket.gethostname()}-{os.getpid()}"
+        data_root = Path(tempfile.gettempdir()) / "livemod-faust"
+        data_root.mkdir(parents=True, exist_ok=True)
         app_kwargs: dict[str, Any] = dict(
             broker=k.bootstrap_servers,
             store="memory://",
+            # Faust makes a data folder even for the memory store: keep it out of the working directory
+            datadir=str(data_root / "{conf.name}-data"),
             autodiscover=False,
             topic_partitions=k.partitions,
             topic_replication_factor=k.replication_factor,
@@ -182,6 +263,8 @@ class Worker:
         self.dlq_topic = self.app.topic(k.dlq_topic, partitions=k.partitions, **raw)
         self.reviews_topic = self.app.topic(k.reviews_topic, partitions=k.partitions, **raw)
         self.callbacks_dlq_topic = self.app.topic(k.callbacks_dlq_topic, partitions=k.partitions, **raw)
+        self.app.livemod_topics = (self.refs_topic, self.alerts_topic, self.dlq_topic, self.reviews_topic,
+                                   self.callbacks_dlq_topic)
         self.state = self.app.Table(
             "stream-state", default=dict, partitions=k.partitions,
             schema=faust.Schema(key_serializer="json", value_serializer="json"),
@@ -200,7 +283,7 @@ class Worker:
         )
         self.moderator.on_batch = self._on_engine_batch
         self._slots = asyncio.Semaphore(w.max_in_flight)
-        self._stream_locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self._stream_locks = StreamLocks()
         self._cb_slots = asyncio.Semaphore(16)
         self._http: Any = None
         self._generation = 0  # bumped when partitions are revoked
@@ -219,6 +302,9 @@ class Worker:
             async for event in stream.noack().events():
                 log.debug("received offset %s of %s", event.message.offset, event.message.tp)
                 entry = self.acks.track(event)
+                if entry is None:
+                    log.info("offset %s of %s delivered again; already in hand", event.message.offset, event.message.tp)
+                    continue
                 await self._slots.acquire()
                 log.debug("dispatching offset %s of %s", event.message.offset, event.message.tp)
                 self.metrics.in_flight.inc()
@@ -228,6 +314,8 @@ class Worker:
         async def callbacks(stream: faust.StreamT) -> None:
             async for event in stream.noack().events():
                 entry = self.cb_acks.track(event)
+                if entry is None:
+                    continue
                 await self._cb_slots.acquire()
                 asyncio.ensure_future(self._callback(event, entry))
 
@@ -273,7 +361,9 @@ class Worker:
         @app.page("/ready")
         async def ready(web: Any, request: Any) -> Any:
             assigned = sorted(f"{tp.topic}:{tp.partition}" for tp in app.consumer.assignment()) if app.consumer else []
-            ok = bool(assigned) or app.rebalancing is False
+            # a worker may legitimately own nothing (more workers than partitions): ready means
+            # it joined the group, recovered its tables and is not rebalancing now
+            ok = app.livemod_rebalanced and not app.rebalancing
             self.metrics.ready.set(1 if ok else 0)
             body = {"ready": ok, "worker": self.worker_id, "backend": self.moderator.choice.backend,
                     "models": self.moderator.models, "assigned": assigned}
@@ -324,7 +414,7 @@ class Worker:
 
     # ---- references ------------------------------------------------------------------------
 
-    async def _handle(self, event: faust.types.EventT, entry: list[Any]) -> None:
+    async def _handle(self, event: faust.types.EventT, entry: PendingAck) -> None:
         msg = event.message
         outcome = "handled"
         generation = self._generation
@@ -336,7 +426,7 @@ class Worker:
                 outcome = "dead_letter"
                 await self._dead_letter(msg, exc, attempts=1)
                 return
-            async with self._stream_locks[ref.stream_id]:
+            async with self._stream_locks.hold(ref.stream_id):
                 log.debug("%s: handling offset %s of %s", ref.key, msg.offset, msg.tp)
                 attempts = 0
                 while True:
@@ -348,8 +438,8 @@ class Worker:
                     except LivemodError as exc:
                         if exc.retriable and attempts <= self.settings.worker.retries:
                             self.metrics.retries.labels(exc.reason).inc()
-                            delay = min(self.settings.worker.retry_backoff_s * 2 ** (attempts - 1),
-                                        self.settings.worker.retry_backoff_max_s)
+                            delay = backoff_delay(attempts, self.settings.worker.retry_backoff_s,
+                                                  self.settings.worker.retry_backoff_max_s)
                             log.warning("%s: %s (attempt %d); retrying in %.1f s", ref.key, exc, attempts, delay)
                             await asyncio.sleep(delay)
                             continue
@@ -501,7 +591,7 @@ class Worker:
 
     # ---- callbacks -------------------------------------------------------------------------
 
-    async def _callback(self, event: faust.types.EventT, entry: list[Any]) -> None:
+    async def _callback(self, event: faust.types.EventT, entry: PendingAck) -> None:
         msg = event.message
         generation = self._generation
         try:

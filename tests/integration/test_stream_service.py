@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from livemod.decoders.synth import write_hls
 from livemod.stream.broker import EmbeddedBroker, free_port
@@ -178,7 +179,7 @@ def test_references_to_alerts_and_every_bad_message_to_the_dlq(broker, segments,
         assert alert["stream_id"] == "cam-cat" and alert["recheck_used"] and alert["box"]
         assert alert["latency"]["segment_to_decision_s"] > 0 and alert["evidence"]["heatmap"].endswith("-heatmap.jpg")
         assert alerts[0].key == b"cam-cat"
-        status, body = http_get(f"{w.base}/metrics")
+        _status, body = http_get(f"{w.base}/metrics")
         text = body.decode()
         for name in ("livemod_frames_decoded_total", "livemod_batch_size_bucket", "livemod_end_to_end_seconds_bucket",
                      "livemod_dlq_messages_total", "livemod_rechecks_total", "livemod_consumer_lag",
@@ -242,21 +243,36 @@ def test_sigkill_mid_batch_loses_nothing_and_duplicates_no_incident(broker, segm
         w2.stop()
 
 
+def partition_counts(broker: EmbeddedBroker, names: list[str]) -> dict[str, int]:
+    async def go() -> dict[str, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        try:
+            return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)}
+        finally:
+            await admin.close()
+
+    return asyncio.run(go())
+
+
 def test_two_workers_split_the_streams_and_fail_over(broker, segments, models_dir, tmp_path):
-    s = make_settings(broker, tmp_path, models_dir, segments["cat"][0].parent.parent)
-    asyncio.run(create_topics(broker.bootstrap, service_topics(s)))
+    # no topics made beforehand: the workers create them with 3 partitions (the broker's own
+    # auto-create would give 4 and break co-partitioning with the 3-partition state table)
+    s = make_settings(broker, tmp_path, models_dir, segments["cat"][0].parent.parent, kafka={"partitions": 3})
     w1 = Running(s, tmp_path / "w1.log", "w1")
     w2 = Running(s, tmp_path / "w2.log", "w2")
     try:
         w1.wait_ready()
         w2.wait_ready()
+        names = [t for t, _n in service_topics(s)]
+        assert partition_counts(broker, names) == dict.fromkeys(names, 3)
         t0 = time.monotonic()
         while time.monotonic() - t0 < 40:
             a1 = json.loads(http_get(f"{w1.base}/ready")[1])["assigned"]
             a2 = json.loads(http_get(f"{w2.base}/ready")[1])["assigned"]
             refs1 = {p for p in a1 if p.startswith(s.kafka.frame_refs_topic + ":")}
             refs2 = {p for p in a2 if p.startswith(s.kafka.frame_refs_topic + ":")}
-            if refs1 and refs2 and len(refs1 | refs2) == PARTITIONS:
+            if refs1 and refs2 and len(refs1 | refs2) == s.kafka.partitions:
                 break
             time.sleep(0.5)
         assert refs1 and refs2 and not refs1 & refs2, (a1, a2)

@@ -1,0 +1,190 @@
+"""Delivery logic of the worker: in-order acks, retry backoff, per-stream locks, signatures, credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass, field
+
+import pytest
+from pydantic import SecretStr
+
+from livemod.stream.embedded import quantile, settings_env
+from livemod.stream.service import OrderedAcks, StreamLocks, _credentials, backoff_delay
+from livemod.stream.settings import Settings
+from livemod.stream.webhook import sign, verify
+
+
+@dataclass(frozen=True)
+class _Message:
+    tp: str
+    offset: int
+
+
+@dataclass
+class _Event:
+    """The three things OrderedAcks uses of a Faust event; ``log`` records the acks."""
+
+    message: _Message
+    log: list[tuple[str, int]] = field(default_factory=list)
+
+    def ack(self) -> None:
+        self.log.append((self.message.tp, self.message.offset))
+
+
+@pytest.mark.parametrize(
+    ("arrivals", "finish_order", "acked"),
+    [
+        # in order: each ack goes out at once
+        ([("p0", 0), ("p0", 1), ("p0", 2)], [0, 1, 2], [("p0", 0), ("p0", 1), ("p0", 2)]),
+        # a later offset finishing first waits for the earlier one
+        ([("p0", 0), ("p0", 1), ("p0", 2)], [2, 1, 0], [("p0", 0), ("p0", 1), ("p0", 2)]),
+        # one slow head holds back only its own partition
+        ([("p0", 0), ("p1", 0), ("p0", 1), ("p1", 1)], [2, 1, 3], [("p1", 0), ("p1", 1)]),
+        ([("p0", 0), ("p1", 0), ("p0", 1), ("p1", 1)], [2, 1, 3, 0], [("p1", 0), ("p1", 1), ("p0", 0), ("p0", 1)]),
+        # gaps in offsets (compacted or filtered) are fine: order of arrival counts
+        ([("p0", 5), ("p0", 9)], [1, 0], [("p0", 5), ("p0", 9)]),
+        # nothing finished, nothing acked
+        ([("p0", 0)], [], []),
+        # an offset delivered again (a seek raced a fetch) is not handed out; its copy is acked
+        # right after the first one, never before it
+        ([("p0", 0), ("p0", 0), ("p0", 1)], [], []),
+        ([("p0", 0), ("p0", 0), ("p0", 1)], [0], [("p0", 0), ("p0", 0)]),
+        ([("p0", 0), ("p0", 1), ("p0", 0), ("p0", 1)], [1, 0], [("p0", 0), ("p0", 1), ("p0", 0), ("p0", 1)]),
+    ],
+)
+def test_ordered_acks(arrivals, finish_order, acked):
+    log: list[tuple[str, int]] = []
+    acks = OrderedAcks()
+    entries = [acks.track(_Event(_Message(tp, off), log)) for tp, off in arrivals]
+    fresh = [e for e in entries if e is not None]
+    assert len(fresh) == len(set(arrivals)), "each offset is handed out once"
+    for i in finish_order:
+        acks.done(fresh[i])
+    assert log == acked
+    assert acks.outstanding() == len(arrivals) - len(acked)
+
+
+def test_ordered_acks_late_copy_after_the_first_was_acked():
+    log: list[tuple[str, int]] = []
+    acks = OrderedAcks()
+    first = acks.track(_Event(_Message("p0", 0), log))
+    acks.done(first)
+    assert acks.track(_Event(_Message("p0", 0), log)) is None
+    assert log == [("p0", 0), ("p0", 0)] and acks.outstanding() == 0
+    acks.reset()  # a new generation: the partition's offsets are handed out again
+    assert acks.track(_Event(_Message("p0", 0), log)) is not None
+
+
+def test_ordered_acks_reset_forgets_unfinished():
+    log: list[tuple[str, int]] = []
+    acks = OrderedAcks()
+    first = acks.track(_Event(_Message("p0", 0), log))
+    second = acks.track(_Event(_Message("p0", 1), log))
+    acks.done(second)
+    assert acks.reset() == 2 and acks.outstanding() == 0
+    acks.done(first)  # a late finisher after a revoke acks nothing of the old generation
+    assert log == []
+
+
+@pytest.mark.parametrize(
+    ("attempt", "base", "cap", "expected"),
+    [(1, 0.5, 10, 0.5), (2, 0.5, 10, 1.0), (3, 0.5, 10, 2.0), (5, 0.5, 10, 8.0), (6, 0.5, 10, 10.0),
+     (40, 0.5, 10, 10.0), (0, 0.5, 10, 0.5)],
+)
+def test_backoff_delay(attempt, base, cap, expected):
+    assert backoff_delay(attempt, base, cap) == expected
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected_order"),
+    [
+        (["a", "a", "a"], ["a0", "a1", "a2"]),
+        (["a", "b", "a", "b"], ["a0", "b1", "a2", "b3"]),
+    ],
+)
+def test_stream_locks_keep_arrival_order_and_forget_idle_streams(keys, expected_order):
+    async def run() -> tuple[list[str], int]:
+        locks, done = StreamLocks(), []
+
+        async def work(i: int, key: str) -> None:
+            async with locks.hold(key):
+                await asyncio.sleep(0.01 * (len(keys) - i))  # earlier ones take longer
+                done.append(f"{key}{i}")
+
+        await asyncio.gather(*(work(i, k) for i, k in enumerate(keys)))
+        return done, len(locks)
+
+    done, left = asyncio.run(run())
+    for key in set(keys):
+        assert [d for d in done if d[0] == key] == [d for d in expected_order if d[0] == key]
+    assert left == 0
+
+
+@pytest.mark.parametrize(
+    ("secret", "ts", "body", "tamper"),
+    [(b"s3cret", "1700000000", b'{"id":"a"}', None), (b"k", "1", b"", None),
+     (b"s3cret", "1700000000", b'{"id":"a"}', "body"), (b"s3cret", "1700000000", b'{"id":"a"}', "ts")],
+)
+def test_webhook_signature(secret, ts, body, tamper):
+    sig = sign(secret, ts, body)
+    assert sig.startswith("sha256=") and len(sig) == 7 + 64
+    if tamper == "body":
+        body += b" "
+    elif tamper == "ts":
+        ts = str(int(ts) + 1)
+    assert verify(secret, ts, body, sig) is (tamper is None)
+    assert not verify(secret + b"x", ts, body, sig)
+
+
+@pytest.mark.parametrize(
+    ("kafka", "kind", "protocol", "mechanism"),
+    [
+        ({}, None, None, None),
+        ({"security_protocol": "SSL"}, ssl.SSLContext, None, None),
+        ({"security_protocol": "SASL_PLAINTEXT", "sasl_username": "u", "sasl_password": "p"},
+         "SASLCredentials", "SASL_PLAINTEXT", "PLAIN"),
+        ({"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_username": "u",
+          "sasl_password": "p"}, "SASLCredentials", "SASL_SSL", "SCRAM-SHA-512"),
+    ],
+)
+def test_kafka_credentials(kafka, kind, protocol, mechanism):
+    s = Settings()
+    s = s.model_copy(update={"kafka": s.kafka.model_validate({**s.kafka.model_dump(), **kafka})})
+    creds = _credentials(s)
+    if kind is None:
+        assert creds is None
+    elif kind is ssl.SSLContext:
+        assert isinstance(creds, ssl.SSLContext)
+    else:
+        assert type(creds).__name__ == kind
+        assert creds.protocol.value == protocol and creds.mechanism.value == mechanism
+        assert creds.password == "p" and "p" not in repr(creds)
+
+
+@pytest.mark.parametrize(
+    ("buckets", "q", "expected"),
+    [
+        ({}, 0.5, None),
+        ({1.0: 0, 2.0: 0, float("inf"): 0}, 0.5, None),
+        ({1.0: 10, 2.0: 10, float("inf"): 10}, 0.5, 0.5),
+        ({1.0: 0, 2.0: 10, float("inf"): 10}, 0.5, 1.5),
+        ({1.0: 5, 2.0: 10, float("inf"): 10}, 0.99, 1.98),
+        ({1.0: 0, 2.0: 0, float("inf"): 4}, 0.5, 2.0),  # all above the last bound: the bound
+    ],
+)
+def test_quantile_from_prometheus_buckets(buckets, q, expected):
+    got = quantile(buckets, q)
+    assert got == expected if expected is None else got == pytest.approx(expected)
+
+
+def test_settings_env_round_trips_every_section(monkeypatch):
+    s = Settings()
+    s = s.model_copy(update={"kafka": s.kafka.model_copy(update={"partitions": 3, "sasl_password": SecretStr("pw")}),
+                             "worker": s.worker.model_copy(update={"max_in_flight": 5})})
+    for key, value in settings_env(s).items():
+        monkeypatch.setenv(key, value)
+    back = Settings()
+    assert back.kafka.partitions == 3 and back.worker.max_in_flight == 5
+    assert back.kafka.sasl_password is not None and back.kafka.sasl_password.get_secret_value() == "pw"
+    assert back.model_dump(exclude={"kafka": {"sasl_password"}}) == s.model_dump(exclude={"kafka": {"sasl_password"}})
