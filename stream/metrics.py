@@ -28,6 +28,12 @@ class Metrics:
         self.reviews = Counter("livemod_reviews", "review items published", ["kind"], registry=r)
         self.dlq = Counter("livemod_dlq_messages", "messages sent to a dead-letter topic", ["topic", "reason"], registry=r)
         self.retries = Counter("livemod_retries", "retries of retriable errors", ["reason"], registry=r)
+        self.offset_rewinds = Counter("livemod_offset_rewinds", "partitions sought back to the next offset to handle",
+                                      ["topic", "reason"], registry=r)
+        self.offsets_refused = Counter("livemod_offsets_refused", "events refused as out of sequence (come again)",
+                                       ["topic"], registry=r)
+        self.offset_gaps = Counter("livemod_offset_gaps", "holes in a partition's offsets confirmed as real", ["topic"],
+                                   registry=r)
         self.callbacks = Counter("livemod_callbacks", "webhook deliveries", ["outcome"], registry=r)
         self.in_flight = Gauge("livemod_references_in_flight", "references being handled", registry=r)
         self.lag = Gauge("livemod_consumer_lag", "highwater minus committed offset", ["topic", "partition"], registry=r)

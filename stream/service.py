@@ -9,7 +9,9 @@ Delivery guarantees, in order of what happens to one reference:
    and sampler state in the changelog-backed table.
 3. Only then is the message acked, and acks are released strictly in offset order per
    partition (Faust commits the highest contiguous acked offset; its gap check is off by
-   one when acks arrive out of order, so we never let them).
+   one when acks arrive out of order, so we never let them). The agent hands out a
+   partition's messages only in offset sequence from its committed offset, and seeks the
+   partition back when Faust skipped or stalled (see OrderedAcks).
 4. Errors: retriable ones are retried with backoff, then dead-lettered; the rest are
    dead-lettered at once. A message that went to the DLQ is acked like a handled one.
 A crash after an alert was published but before the state was saved replays that reference:
@@ -35,7 +37,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 import faust
 from faust.types import TP
@@ -67,41 +69,98 @@ class InternalError(LivemodError):
 
 @dataclass(eq=False)
 class PendingAck:
-    """One event waiting for its ack; ``done`` once its handling finished."""
+    """One event waiting for its ack; ``done`` once its handling finished.
+
+    ``gap`` is set on the first event after a hole in the partition's offsets that was
+    confirmed as real (offsets ``gap[0]..gap[1]`` do not exist): the agent tells Faust so
+    that its commits can pass the hole.
+    """
 
     event: Any  # faust.types.EventT: needs .message.offset, .message.tp and .ack()
     done: bool = False
+    gap: tuple[int, int] | None = None
 
 
 class OrderedAcks:
-    """Acks each partition's events strictly in offset order, as their handling finishes.
+    """One agent's ledger of each partition: the next offset it must handle, and in-order acks.
 
-    Faust commits the highest contiguous acked offset, but its gap check is off by one when
-    acks arrive out of order, so an event is acked only when every earlier event of its
-    partition has been acked.
+    Faust's fetch loop can lose records around a rebalance or a seek: it throws away the rest
+    of a fetched batch when the flow is suspended or a partition is paused, yet counts those
+    records as read, so they are not fetched again; a later record then looks like a hole in
+    the offsets, which Faust fills with an automatic "gap" and commits as if it had been
+    handled. The agent therefore keeps its own account and does not trust the order of what it
+    is given:
 
-    An offset delivered a second time since the last ``reset`` (a seek raced a fetch: Faust
-    lets an offset equal to the last one read through) is not handed out again: it is acked
-    right after the first copy.
+    - a partition's events are handed out only once its starting offset is known (``begin``,
+      after each rebalance, from the committed offset); earlier ones are refused and come
+      again after the rewind;
+    - then strictly in sequence: an event past the next expected offset is refused and marks
+      the partition for a rewind to that offset (``to_rewind``); an offset below it is a copy
+      of one already in hand and is acked right after the first copy, never handed out twice;
+    - a hole that survives ``confirm_gap`` rewinds (the first event after each is the same
+      later offset: a transaction marker or a compacted record) is accepted as real;
+    - acks go out strictly in offset order per partition, because Faust commits the highest
+      contiguous acked offset and its gap check is off by one for out-of-order acks.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, confirm_gap: int = 3) -> None:
+        self.confirm_gap = confirm_gap
         self._pending: dict[Any, collections.deque[PendingAck]] = collections.defaultdict(collections.deque)
-        self._seen: dict[Any, int] = {}
+        self._next: dict[Any, int] = {}
+        self._progress: dict[Any, float] = {}  # monotonic time of the last in-sequence event
+        self._dirty: set[Any] = set()  # refused an event past the expected offset since the last rewind
+        self._after_rewind: set[Any] = set()  # no event yet since the last rewind
+        self._votes: dict[Any, tuple[int, int, int]] = {}  # (expected, first offset after a rewind, times)
+        self._stalls: dict[Any, int] = {}  # stalled rewinds since the last progress
 
-    def track(self, event: Any) -> PendingAck | None:
+    def begin(self, tp: Any, offset: int, now: float) -> int:
+        """Set where a partition starts, unless it has started already; returns its next offset."""
+        if tp not in self._next:
+            self._next[tp] = offset
+            self._progress[tp] = now
+        return self._next[tp]
+
+    def next_offset(self, tp: Any) -> int | None:
+        """The offset the partition must deliver next; None before ``begin``."""
+        return self._next.get(tp)
+
+    def track(self, event: Any, now: float | None = None) -> PendingAck | None:
         """Register an event in arrival order; pass the result to ``done`` once it is handled.
 
         Returns:
-            None when the offset was already delivered since the last reset: do not handle it.
+            None when the event must not be handled: a copy of an offset in hand, an offset past
+            a hole, or a partition not started yet.
         """
+        now = time.monotonic() if now is None else now
         tp, offset = event.message.tp, event.message.offset
-        entry = PendingAck(event)
-        self._pending[tp].append(entry)
-        if offset <= self._seen.get(tp, -1):
+        expected = self._next.get(tp)
+        if expected is None:
+            return None  # not started: delivered again after the rewind that starts it
+        first_after_rewind = tp in self._after_rewind
+        self._after_rewind.discard(tp)
+        if offset < expected:
+            entry = PendingAck(event)
+            self._pending[tp].append(entry)
             self.done(entry)
             return None
-        self._seen[tp] = offset
+        entry = PendingAck(event)
+        if offset > expected:
+            if not first_after_rewind:
+                self._dirty.add(tp)
+                return None
+            prev_expected, prev_offset, times = self._votes.get(tp, (expected, offset, 0))
+            times = times + 1 if (prev_expected, prev_offset) == (expected, offset) else 1
+            self._votes[tp] = (expected, offset, times)
+            if times < self.confirm_gap:
+                self._dirty.add(tp)
+                return None
+            entry.gap = (expected, offset - 1)
+        self._votes.pop(tp, None)
+        self._stalls.pop(tp, None)
+        self._dirty.discard(tp)
+        self._next[tp] = offset + 1
+        self._progress[tp] = now
+        self._pending[tp].append(entry)
         return entry
 
     def done(self, entry: PendingAck) -> None:
@@ -111,15 +170,46 @@ class OrderedAcks:
         while queue and queue[0].done:
             queue.popleft().event.ack()
 
+    def to_rewind(self, now: float, idle_s: float,
+                  highwater: Callable[[Any], int | None]) -> list[tuple[Any, int, str]]:
+        """Partitions to seek back to their next offset, with why: "skipped" (an event past the
+        expected offset came), "stalled" (idle for ``idle_s`` while the broker holds more)."""
+        out = []
+        for tp, expected in self._next.items():
+            if tp in self._dirty:
+                out.append((tp, expected, "skipped"))
+            elif now - self._progress.get(tp, now) >= idle_s * 2 ** min(self._stalls.get(tp, 0), 5):
+                high = highwater(tp)  # the waiting records may be a trailing transaction marker: back off
+                if high is not None and high > expected:
+                    out.append((tp, expected, "stalled"))
+                    self._stalls[tp] = self._stalls.get(tp, 0) + 1
+        return out
+
+    def rewound(self, tp: Any, now: float) -> None:
+        """The partition was sought back to its next offset."""
+        self._dirty.discard(tp)
+        self._after_rewind.add(tp)
+        self._progress[tp] = now
+
+    def busy(self, now: float) -> None:
+        """The agent is held back (no free slot): idle partitions are not stalled."""
+        for tp in self._next:
+            self._progress[tp] = now
+
     def outstanding(self) -> int:
         """Events tracked and not yet acked."""
         return sum(len(q) for q in self._pending.values())
 
     def reset(self) -> int:
-        """Forget every pending entry (partitions were revoked); returns how many were dropped."""
+        """Forget every partition (they were revoked); returns how many events were unacked."""
         n = self.outstanding()
         self._pending.clear()
-        self._seen.clear()
+        self._next.clear()
+        self._progress.clear()
+        self._dirty.clear()
+        self._after_rewind.clear()
+        self._votes.clear()
+        self._stalls.clear()
         return n
 
 
@@ -223,6 +313,8 @@ class Worker:
     moderator: Moderator
     metrics: Metrics = field(default_factory=Metrics)
 
+    REWIND_IDLE_S = 2.0  # a partition with records waiting and no progress for this long is sought back
+
     def __post_init__(self) -> None:
         s, k, w = self.settings, self.settings.kafka, self.settings.worker
         self.worker_id = w.id or f"{socket.gethostname()}-{os.getpid()}"
@@ -256,7 +348,7 @@ class Worker:
         if creds is not None:
             app_kwargs["broker_credentials"] = creds
         self.app = _App(k.app_id, **app_kwargs)
-        self.app.livemod_on_rebalance_end = self._rewind_uncommitted
+        self.app.livemod_on_rebalance_end = self._reconcile
         raw = dict(key_serializer="raw", value_serializer="raw")
         self.refs_topic = self.app.topic(k.frame_refs_topic, partitions=k.partitions, **raw)
         self.alerts_topic = self.app.topic(k.alerts_topic, partitions=k.partitions, **raw)
@@ -287,6 +379,8 @@ class Worker:
         self._cb_slots = asyncio.Semaphore(16)
         self._http: Any = None
         self._generation = 0  # bumped when partitions are revoked
+        self._reconcile_lock = asyncio.Lock()
+        self._faust_add_gap: Any = None
         self._tasks = 0
         self._stop = threading.Event()
         self.metrics.backend.labels(self.moderator.choice.backend, self.moderator.choice.reason).set(1)
@@ -301,9 +395,8 @@ class Worker:
         async def refs(stream: faust.StreamT) -> None:
             async for event in stream.noack().events():
                 log.debug("received offset %s of %s", event.message.offset, event.message.tp)
-                entry = self.acks.track(event)
+                entry = await self._admit(self.acks, event)
                 if entry is None:
-                    log.info("offset %s of %s delivered again; already in hand", event.message.offset, event.message.tp)
                     continue
                 await self._slots.acquire()
                 log.debug("dispatching offset %s of %s", event.message.offset, event.message.tp)
@@ -313,7 +406,7 @@ class Worker:
         @app.agent(self.alerts_topic, name="livemod-callbacks")
         async def callbacks(stream: faust.StreamT) -> None:
             async for event in stream.noack().events():
-                entry = self.cb_acks.track(event)
+                entry = await self._admit(self.cb_acks, event)
                 if entry is None:
                     continue
                 await self._cb_slots.acquire()
@@ -334,6 +427,10 @@ class Worker:
         @app.timer(interval=5.0)
         async def lag() -> None:
             self._update_lag()
+
+        @app.timer(interval=1.0)
+        async def watch_offsets() -> None:
+            await self._reconcile()
 
         @app.page("/metrics")
         async def metrics(web: Any, request: Any) -> Any:
@@ -369,29 +466,87 @@ class Worker:
                     "models": self.moderator.models, "assigned": assigned}
             return web.json(body, status=200 if ok else 503)
 
-    async def _rewind_uncommitted(self) -> None:
-        """Re-deliver what Faust fetched but dropped while a partition was paused for recovery.
+    async def _admit(self, acks: OrderedAcks, event: Any) -> PendingAck | None:
+        """Pass an event through its agent's ledger; None when it must not be handled now."""
+        msg = event.message
+        entry = acks.track(event)
+        if entry is None:
+            expected = acks.next_offset(msg.tp)
+            if expected is not None and msg.offset < expected:
+                log.debug("offset %s of %s delivered again; already in hand", msg.offset, msg.tp)
+            else:
+                self.metrics.offsets_refused.labels(msg.topic).inc()
+                log.debug("offset %s of %s refused (expected %s): it comes again after a rewind",
+                         msg.offset, msg.tp, expected)
+        elif entry.gap is not None:
+            self.metrics.offset_gaps.labels(msg.topic).inc()
+            log.warning("offsets %s..%s of %s do not exist (confirmed by %d re-reads); going on from %s",
+                        entry.gap[0], entry.gap[1], msg.tp, acks.confirm_gap, msg.offset)
+            if self._faust_add_gap is not None:
+                await self._faust_add_gap(msg.tp, entry.gap[0], entry.gap[1])
+        return entry
 
-        Faust rewinds stream partitions to their committed offsets after a rebalance, but a
-        partition with no committed offset yet keeps its fetch position, past records that were
-        fetched while it was paused and never delivered: the stream would stall on them. Seek
-        such partitions back to just after the last delivered offset (or to the earliest).
+    async def _reconcile(self) -> None:
+        """Start each newly assigned source partition at its committed offset, and seek back any
+        partition that skipped ahead of, or stalled behind, the offset its agent must handle next.
+
+        Runs after each rebalance and once a second. See OrderedAcks for why it is needed.
         """
-        consumer = self.app.consumer
+        app = self.app
+        if not app.livemod_rebalanced or app.rebalancing or app.consumer is None:
+            return
+        async with self._reconcile_lock:
+            consumer = app.consumer
+            try:
+                self._take_over_gaps(consumer)
+                ledgers = {self.settings.kafka.frame_refs_topic: (self.acks, self._slots),
+                           self.settings.kafka.alerts_topic: (self.cb_acks, self._cb_slots)}
+                now = time.monotonic()
+                fresh = [tp for tp in consumer.assignment()
+                         if tp.topic in ledgers and ledgers[tp.topic][0].next_offset(tp) is None]
+                rewinds: list[tuple[TP, int, str]] = []
+                if fresh:
+                    committed = {tp: consumer._committed_offset.get(tp) for tp in fresh}  # no public accessor
+                    unknown = [tp for tp, off in committed.items() if off is None]
+                    earliest = await consumer.earliest_offsets(*unknown) if unknown else {}
+                    for tp in fresh:
+                        start = committed[tp] if committed[tp] is not None else (earliest.get(tp) or 0)
+                        rewinds.append((tp, ledgers[tp.topic][0].begin(tp, start, now), "rebalance"))
+                for acks, slots in ledgers.values():
+                    if slots.locked():
+                        acks.busy(now)  # held back by backpressure, not stalled
+                        continue
+                    rewinds += acks.to_rewind(now, self.REWIND_IDLE_S, consumer.highwater)
+                if app.rebalancing:
+                    return
+                for tp, target, why in rewinds:
+                    await consumer.seek(tp, target)
+                    consumer._gap.pop(tp, None)  # gaps Faust noted before the rewind are not holes
+                    ledgers[tp.topic][0].rewound(tp, time.monotonic())
+                    self.metrics.offset_rewinds.labels(tp.topic, why).inc()
+                    log.log(logging.DEBUG if why == "rebalance" else logging.INFO,
+                            "rewound %s to offset %s (%s)", tp, target, why)
+            except Exception:  # noqa: BLE001 - the next tick tries again; a failure must not kill the worker
+                log.exception("reconciling partition offsets failed")
+
+    def _take_over_gaps(self, consumer: Any) -> None:
+        """Stop Faust from treating holes in our source topics' offsets as handled.
+
+        Its fetch loop records a hole whenever an offset arrives past the last one read, and
+        commits across it; after a dropped batch that commits references nobody handled. The
+        agents' ledgers confirm real holes themselves and hand them to the original method.
+        """
+        if self._faust_add_gap is not None:
+            return
+        original = consumer._add_gap  # private: re-check on faust-streaming upgrades
         sources = {self.settings.kafka.frame_refs_topic, self.settings.kafka.alerts_topic}
-        try:
-            tps = [tp for tp in consumer.assignment()
-                   if tp.topic in sources and consumer._committed_offset.get(tp) is None]  # no public accessor
-            if not tps:
-                return
-            earliest = await consumer.earliest_offsets(*tps)
-            for tp in tps:
-                delivered = consumer._read_offset.get(tp)
-                target = delivered + 1 if delivered is not None else (earliest.get(tp) or 0)
-                await consumer.seek(tp, target)
-            log.debug("rewound %d partitions without a committed offset", len(tps))
-        except Exception:  # noqa: BLE001 - a failed rewind must not kill the worker; logged
-            log.exception("rewinding uncommitted partitions failed")
+
+        async def add_gap(tp: TP, offset_from: int, offset_to: int) -> None:
+            if tp.topic not in sources:
+                await original(tp, offset_from, offset_to)
+
+        consumer._add_gap = add_gap
+        self._faust_add_gap = original
 
     def _on_engine_batch(self, model: str, size: int, stage: str) -> None:
         self.metrics.batch_size.labels(model, stage).observe(size)

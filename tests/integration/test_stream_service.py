@@ -96,6 +96,13 @@ class Running:
     def metric(self, name: str) -> float:
         return scrape(f"{self.base}/metrics").get(name, 0.0)
 
+    def diagnose(self) -> str:
+        """What a failing test should show: the worker's counters, its asyncio tasks and its log tail."""
+        counters = {k: v for k, v in scrape(f"{self.base}/metrics").items() if k.startswith("livemod_")
+                    and not k.endswith("_bucket")}
+        tasks = http_get(f"{self.base}/debug/tasks")[1].decode(errors="replace")
+        return f"\n--- counters {counters}\n--- tasks\n{tasks[-6000:]}\n--- log\n{self.log.read_text()[-4000:]}"
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -228,7 +235,7 @@ def test_sigkill_mid_batch_loses_nothing_and_duplicates_no_incident(broker, segm
         t0 = time.monotonic()
         while not wanted <= (seen := refs_seen()) and time.monotonic() - t0 < 120:
             time.sleep(1)
-        assert wanted <= seen, f"references never handled: {sorted(wanted - seen)}"
+        assert wanted <= seen, f"references never handled: {sorted(wanted - seen)}{w2.diagnose()}"
         time.sleep(2)
         alerts = [json.loads(r.value) for r in consume(broker, s.kafka.alerts_topic, lambda r: False, timeout=2)]
         per_stream: dict[str, set[str]] = {}
@@ -238,7 +245,9 @@ def test_sigkill_mid_batch_loses_nothing_and_duplicates_no_incident(broker, segm
         assert all(len(ids) == 1 for ids in per_stream.values()), f"an incident got two ids: {per_stream}"
         dupes = len(alerts) - sum(len(ids) for ids in per_stream.values())
         print(f"alert messages {len(alerts)}, incidents {sum(len(i) for i in per_stream.values())}, "
-              f"republished with the same id after the kill: {dupes}")
+              f"republished with the same id after the kill: {dupes}; after the restart: "
+              f"{w2.metric('livemod_offset_rewinds_total'):.0f} rewinds, "
+              f"{w2.metric('livemod_offsets_refused_total'):.0f} events refused as out of sequence")
     finally:
         w2.stop()
 

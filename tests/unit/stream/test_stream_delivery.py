@@ -32,6 +32,13 @@ class _Event:
         self.log.append((self.message.tp, self.message.offset))
 
 
+def _started(*tps: str, at: int = 0) -> OrderedAcks:
+    acks = OrderedAcks()
+    for tp in tps:
+        acks.begin(tp, at, now=0.0)
+    return acks
+
+
 @pytest.mark.parametrize(
     ("arrivals", "finish_order", "acked"),
     [
@@ -42,8 +49,6 @@ class _Event:
         # one slow head holds back only its own partition
         ([("p0", 0), ("p1", 0), ("p0", 1), ("p1", 1)], [2, 1, 3], [("p1", 0), ("p1", 1)]),
         ([("p0", 0), ("p1", 0), ("p0", 1), ("p1", 1)], [2, 1, 3, 0], [("p1", 0), ("p1", 1), ("p0", 0), ("p0", 1)]),
-        # gaps in offsets (compacted or filtered) are fine: order of arrival counts
-        ([("p0", 5), ("p0", 9)], [1, 0], [("p0", 5), ("p0", 9)]),
         # nothing finished, nothing acked
         ([("p0", 0)], [], []),
         # an offset delivered again (a seek raced a fetch) is not handed out; its copy is acked
@@ -55,7 +60,7 @@ class _Event:
 )
 def test_ordered_acks(arrivals, finish_order, acked):
     log: list[tuple[str, int]] = []
-    acks = OrderedAcks()
+    acks = _started("p0", "p1")
     entries = [acks.track(_Event(_Message(tp, off), log)) for tp, off in arrivals]
     fresh = [e for e in entries if e is not None]
     assert len(fresh) == len(set(arrivals)), "each offset is handed out once"
@@ -67,24 +72,100 @@ def test_ordered_acks(arrivals, finish_order, acked):
 
 def test_ordered_acks_late_copy_after_the_first_was_acked():
     log: list[tuple[str, int]] = []
-    acks = OrderedAcks()
+    acks = _started("p0")
     first = acks.track(_Event(_Message("p0", 0), log))
     acks.done(first)
     assert acks.track(_Event(_Message("p0", 0), log)) is None
     assert log == [("p0", 0), ("p0", 0)] and acks.outstanding() == 0
-    acks.reset()  # a new generation: the partition's offsets are handed out again
+    acks.reset()  # a new generation: the partition's offsets are handed out again, once it has started
+    assert acks.track(_Event(_Message("p0", 0), log)) is None
+    acks.begin("p0", 0, now=0.0)
     assert acks.track(_Event(_Message("p0", 0), log)) is not None
 
 
 def test_ordered_acks_reset_forgets_unfinished():
     log: list[tuple[str, int]] = []
-    acks = OrderedAcks()
+    acks = _started("p0")
     first = acks.track(_Event(_Message("p0", 0), log))
     second = acks.track(_Event(_Message("p0", 1), log))
     acks.done(second)
     assert acks.reset() == 2 and acks.outstanding() == 0
     acks.done(first)  # a late finisher after a revoke acks nothing of the old generation
     assert log == []
+
+
+def test_a_partition_is_handed_out_only_from_where_it_starts():
+    acks = OrderedAcks()
+    assert acks.track(_Event(_Message("p0", 4))) is None, "not started: the rewind delivers it again"
+    assert acks.begin("p0", 4, now=0.0) == 4
+    assert acks.begin("p0", 0, now=0.0) == 4, "a second begin does not move a started partition"
+    assert acks.track(_Event(_Message("p0", 4))) is not None
+    assert acks.next_offset("p0") == 5
+
+
+def test_records_dropped_by_the_fetch_loop_are_fetched_again_never_skipped():
+    # Faust dropped offsets 1..5 and delivered 6: 6 is refused, the partition is rewound to 1,
+    # and 1..6 are handed out in order; nothing past the hole is acked before the hole is filled
+    log: list[tuple[str, int]] = []
+    acks = _started("p0")
+    handed = [acks.track(_Event(_Message("p0", 0), log))]
+    assert acks.track(_Event(_Message("p0", 6), log)) is None
+    assert acks.to_rewind(now=0.5, idle_s=2.0, highwater=lambda tp: 7) == [("p0", 1, "skipped")]
+    acks.rewound("p0", now=0.5)
+    assert acks.to_rewind(now=0.6, idle_s=2.0, highwater=lambda tp: 7) == []
+    handed += [acks.track(_Event(_Message("p0", off), log)) for off in range(1, 7)]
+    assert all(e is not None and e.gap is None for e in handed)
+    for e in reversed(handed):
+        acks.done(e)
+    assert log == [("p0", off) for off in range(7)]
+
+
+def test_a_stalled_partition_is_rewound_only_when_the_broker_holds_more():
+    acks = _started("p0", "p1")
+    acks.track(_Event(_Message("p0", 0)), now=0.0)
+    acks.track(_Event(_Message("p1", 0)), now=0.0)
+    high = {"p0": 1, "p1": 9}
+    assert acks.to_rewind(now=1.0, idle_s=2.0, highwater=high.get) == []
+    assert acks.to_rewind(now=3.0, idle_s=2.0, highwater=high.get) == [("p1", 1, "stalled")]
+    acks.busy(now=3.0)  # backpressure: no partition counts as stalled
+    assert acks.to_rewind(now=4.0, idle_s=2.0, highwater=high.get) == []
+
+
+def test_a_partition_that_stays_stalled_is_rewound_less_and_less_often():
+    # records past the next offset that never come (a trailing transaction marker): back off
+    acks = _started("p0")
+    acks.track(_Event(_Message("p0", 0)), now=0.0)
+    times = []
+    for t in range(0, 40):
+        if acks.to_rewind(now=float(t), idle_s=2.0, highwater=lambda tp: 2):
+            acks.rewound("p0", now=float(t))
+            times.append(t)
+    assert times == [2, 6, 14, 30]
+    acks.track(_Event(_Message("p0", 1)), now=40.0)  # progress resets the back-off
+    assert acks.to_rewind(now=42.0, idle_s=2.0, highwater=lambda tp: 3) == [("p0", 2, "stalled")]
+
+
+def test_a_real_hole_is_accepted_after_repeated_rewinds():
+    # offsets 3..4 do not exist (a transaction marker, a compacted record): after each rewind
+    # the first event is 5 again; after confirm_gap such rewinds the hole is accepted
+    acks = _started("p0", at=3)
+    for _ in range(acks.confirm_gap - 1):
+        acks.rewound("p0", now=0.0)
+        assert acks.track(_Event(_Message("p0", 5))) is None
+        assert acks.to_rewind(now=0.0, idle_s=2.0, highwater=lambda tp: 6) == [("p0", 3, "skipped")]
+    acks.rewound("p0", now=0.0)
+    entry = acks.track(_Event(_Message("p0", 5)))
+    assert entry is not None and entry.gap == (3, 4) and acks.next_offset("p0") == 6
+
+
+def test_a_jump_in_the_middle_of_a_batch_never_counts_as_a_hole():
+    acks = _started("p0", at=3)
+    for _ in range(5):
+        acks.rewound("p0", now=0.0)
+        assert acks.track(_Event(_Message("p0", 3))) is not None  # the rewind delivered 3 first
+        assert acks.track(_Event(_Message("p0", 9))) is None  # then a stale record, not a hole
+        acks.reset()
+        acks.begin("p0", 3, now=0.0)
 
 
 @pytest.mark.parametrize(
