@@ -19,6 +19,7 @@ from livemod.decoders.pyav import decode
 from livemod.decoders.sampling import SamplerState
 from livemod.decoders.types import Resize, SampledFrame
 from livemod.engines.backend import BackendChoice, choose, load_classifier
+from livemod.engines.cam import input_to_frame
 from livemod.engines.card import ModelCard, load_cards
 from livemod.engines.recheck import RecheckSpec, Scorer, ScoreRequest, Watch
 from livemod.engines.types import FrameScores
@@ -197,6 +198,7 @@ class Moderator:
         obs = Observation(
             stream_id=ref.stream_id, frame_id=fid, pts=frame.pts, wall_clock=frame.wall_clock, scores=scores
         )
+        replay = state.seen(fid)  # judged before a crash or rebalance: no verdicts, and no second audit sample
         state, verdicts = evaluate(state, obs, policy)
         decision = Decision()
         now = decided_at if decided_at is not None else time.time()
@@ -210,7 +212,7 @@ class Moderator:
                 closed = self._review_record("incident_closed", ref, frame, scores, policy, verdict.rule)
                 closed["alert_id"] = verdict.alert_id
                 decision.reviews.append(closed)
-        if not verdicts and policy.audit_fraction > 0 and audit_pick(fid, policy.audit_fraction):
+        if not verdicts and not replay and policy.audit_fraction > 0 and audit_pick(fid, policy.audit_fraction):
             decision.reviews.append(self._review_record("audit", ref, frame, scores, policy, None))
         return state, decision
 
@@ -232,8 +234,12 @@ class Moderator:
             caption = f"{alert.rule}: {alert.model}:{alert.label} {alert.score:.2f}"
             if alert.recheck_used:
                 caption += " (re-check)"
+            full = frame.full_rgb()
+            card = self.cards.get(alert.model)
+            # the class map covers what the network saw: for a centre-cropped input, not the whole frame
+            region = input_to_frame(card, (0.0, 0.0, 1.0, 1.0), full.shape[1], full.shape[0]) if card else None
             evidence = write_evidence(
-                Path(self.settings.rules.evidence_dir), alert.id, frame.full_rgb(), cam, alert.box, caption
+                Path(self.settings.rules.evidence_dir), alert.id, full, cam, alert.box, caption, cam_region=region
             )
         record = alert.to_dict()
         record["evidence"] = evidence

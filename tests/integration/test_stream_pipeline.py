@@ -66,6 +66,7 @@ def test_small_cat_alert_needs_the_recheck(tmp_path, models_dir, studio):
     state = results[-1][3]
     replay = list(mod.moderate(ref, StreamState.from_dict(json.loads(json.dumps(state.to_dict())))))
     assert not [a for _f, _s, d, _st in replay for a in d.alerts]
+    assert not [r for _f, _s, d, _st in replay for r in d.reviews], "no review or audit sample twice"
     # and from scratch it gives the very same alert id
     again = [a for _f, _s, d, _st in mod.moderate(ref, StreamState()) for a in d.alerts]
     assert [a["id"] for a in again] == [alert["id"]]
