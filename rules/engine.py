@@ -123,6 +123,15 @@ def _step(rule: Rule, policy: Policy, rs: RuleState, obs: Observation, verdicts:
     fs = obs.scores.get(rule.model)
     if fs is None or rule.label not in fs.scores:
         return rs  # no data for this rule on this frame: the window does not move
+    last_seen = rs.window[-1].wall_clock if rs.window else None
+    if rule.stale_after_s is not None and last_seen is not None and obs.wall_clock - last_seen >= rule.stale_after_s:
+        # the stream stopped and came back: what it showed before says nothing about now
+        if rs.incident is not None:
+            verdicts.append(Verdict("close", rule.name, obs.frame_id, float(fs.score(rule.label)),
+                                    alert_id=rs.incident.alert_id, reason="stale"))
+            rs = RuleState(window=(), incident=None, last_close=last_seen)
+        else:
+            rs = replace(rs, window=())
     score = fs.score(rule.label)
     # scores are kept unrounded: hit, whole-frame hit and recheck_used must agree at the threshold
     entry = Entry(obs.frame_id, obs.pts, obs.wall_clock, float(score), float(fs.scores[rule.label]),
@@ -136,7 +145,8 @@ def _step(rule: Rule, policy: Policy, rs: RuleState, obs: Observation, verdicts:
             return replace(rs, window=window, incident=replace(inc, peak=max(inc.peak, score), below=0))
         below = inc.below + 1
         if below >= rule.close_frames:
-            verdicts.append(Verdict("close", rule.name, obs.frame_id, score, alert_id=inc.alert_id))
+            verdicts.append(Verdict("close", rule.name, obs.frame_id, score, alert_id=inc.alert_id,
+                                    reason="below"))
             return RuleState(window=(), incident=None, last_close=obs.wall_clock)
         return replace(rs, window=window, incident=replace(inc, below=below))
     # Cooldown: hits inside it do not count, so a new incident never starts within cooldown_s
@@ -180,7 +190,8 @@ def evaluate(state: StreamState, obs: Observation, policy: Policy) -> tuple[Stre
     Pure: no I/O and no clock (time is ``obs.wall_clock``). Per rule: a frame in [review, alert)
     gives "review"; k hits (score >= alert) among the last n frames with data open an incident
     and give one "alert" (none while it is open, none within cooldown_s of the last close);
-    close_after consecutive frames below close_below give "close". A rule whose model (or label)
+    close_after consecutive frames below close_below give "close", and so does the first frame
+    after a silence of stale_after_s (the window restarts empty). A rule whose model (or label)
     is missing from ``obs.scores`` does not move. A frame already seen (a replay after a crash)
     returns the same state object and no verdicts.
 

@@ -73,6 +73,11 @@ class Rule(BaseModel):
     close_below: float | None = Field(default=None, ge=0, le=1, description="hysteresis: default = review")
     close_after: int | None = Field(default=None, ge=1, description="frames below to close; default = window.n")
     cooldown_s: float = Field(default=60.0, ge=0)
+    stale_after_s: float | None = Field(
+        default=300.0, gt=0,
+        description="a gap this long between a stream's frames (it stopped, then came back) closes the open "
+                    "incident and empties the window; null: never",
+    )
     severity: Literal["low", "medium", "high", "critical"] = "medium"
     action: Literal["review", "warn", "blur", "interrupt", "terminate"] = "review"
     recheck: RecheckRule | None = Field(default_factory=RecheckRule)

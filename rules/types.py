@@ -105,6 +105,8 @@ class Verdict:
         rule: the rule's name.
         frame_id: the frame that produced the verdict.
         score: that frame's decision score for the rule's label.
+        reason: for "close": "below" (hysteresis: frames below close_below) or "stale" (the
+            stream was silent for stale_after_s; the frame is the first one after the silence).
     """
 
     kind: Literal["review", "alert", "close"]
@@ -113,3 +115,4 @@ class Verdict:
     score: float
     alert: Alert | None = None
     alert_id: str | None = None
+    reason: str | None = None

@@ -211,6 +211,7 @@ class Moderator:
                 decision.closed.append(verdict.alert_id)
                 closed = self._review_record("incident_closed", ref, frame, scores, policy, verdict.rule)
                 closed["alert_id"] = verdict.alert_id
+                closed["close_reason"] = verdict.reason
                 decision.reviews.append(closed)
         if not verdicts and not replay and policy.audit_fraction > 0 and audit_pick(fid, policy.audit_fraction):
             decision.reviews.append(self._review_record("audit", ref, frame, scores, policy, None))
@@ -229,17 +230,22 @@ class Moderator:
     ) -> dict[str, Any]:
         evidence: dict[str, str] = {}
         if self.settings.rules.write_evidence:
+            # the image shows this frame, so its score and re-check box too (the alert's own
+            # score and box are the best over all the incident's hits, maybe of other frames)
             fs = scores.get(alert.model)
             cam = fs.cams.get(alert.label) if fs else None
-            caption = f"{alert.rule}: {alert.model}:{alert.label} {alert.score:.2f}"
-            if alert.recheck_used:
+            rc = fs.rechecks.get(alert.label) if fs else None
+            here = fs.score(alert.label) if fs else alert.score
+            caption = f"{alert.rule}: {alert.model}:{alert.label} {here:.2f}"
+            if rc is not None and rc.after > rc.before:
                 caption += " (re-check)"
             full = frame.full_rgb()
             card = self.cards.get(alert.model)
             # the class map covers what the network saw: for a centre-cropped input, not the whole frame
             region = input_to_frame(card, (0.0, 0.0, 1.0, 1.0), full.shape[1], full.shape[0]) if card else None
             evidence = write_evidence(
-                Path(self.settings.rules.evidence_dir), alert.id, full, cam, alert.box, caption, cam_region=region
+                Path(self.settings.rules.evidence_dir), alert.id, full, cam, rc.box if rc else None, caption,
+                cam_region=region,
             )
         record = alert.to_dict()
         record["evidence"] = evidence

@@ -386,3 +386,38 @@ def test_cooldown_is_measured_on_the_observation_wall_clock(times, expected):
     kinds, alerts, _ = _kinds(p, [_o(i, s, t=1000.0 + t) for i, (s, t) in enumerate(zip(scores, times))])
     assert kinds == expected
     assert all(a.start_wall_clock >= 1013.0 for a in alerts[1:])
+
+
+@pytest.mark.parametrize(
+    "times, scores, stale, expected",
+    [
+        # an incident open when the stream stopped closes on the first frame after the silence,
+        # and the violation going on after it is a new incident with a new id
+        ([0, 1, 2, 400, 401], [0.7, 0.7, 0.7, 0.7, 0.7], 300.0, ["-", "alert", "-", "close", "alert"]),
+        # a silence just short of stale_after_s changes nothing: no second alert while it is open
+        ([0, 1, 2, 299, 300], [0.7, 0.7, 0.7, 0.7, 0.7], 300.0, ["-", "alert", "-", "-", "-"]),
+        # hits from before the silence do not count towards k of n after it
+        ([0, 400, 401], [0.7, 0.7, 0.1], 300.0, ["-", "-", "-"]),
+        ([0, 200, 201], [0.7, 0.7, 0.1], 300.0, ["-", "alert", "-"]),
+        # switched off: the incident stays open across any silence
+        ([0, 1, 2, 4000, 4001], [0.7, 0.7, 0.7, 0.7, 0.7], None, ["-", "alert", "-", "-", "-"]),
+    ],
+)
+def test_a_stream_that_stops_and_comes_back_starts_afresh(times, scores, stale, expected):
+    p = _pol(stale_after_s=stale, cooldown_s=60.0)
+    kinds, alerts, _ = _kinds(p, [_o(i, s, t=1000.0 + t) for i, (s, t) in enumerate(zip(scores, times))])
+    assert kinds == expected
+    assert len({a.id for a in alerts}) == len(alerts), "a new incident gets a new id"
+
+
+def test_a_stale_close_says_so_and_names_the_incident():
+    p = _pol(stale_after_s=300.0)
+    state = StreamState()
+    for i, t in enumerate((0, 1)):
+        state, verdicts = evaluate(state, _o(i, 0.7, t=1000.0 + t), p)
+    opened = verdicts[0].alert_id
+    state, verdicts = evaluate(state, _o(2, 0.1, t=1500.0), p)
+    assert [(v.kind, v.alert_id, v.reason) for v in verdicts] == [("close", opened, "stale")]
+    assert state.rules["r"].incident is None and state.rules["r"].last_close == 1001.0
+    state, verdicts = evaluate(state, _o(3, 0.1, t=1501.0), p)
+    assert verdicts == []
