@@ -8,8 +8,10 @@ through one worker process, and the p50/p99 of segment wall clock -> decision fr
 worker's histogram. By default every reference is published at once (a backlog, so the worker
 runs flat out: throughput); with --paced each segment's reference is published when the
 segment would have finished recording, as a live ingest does (latency at a live load).
-Run A uses the cross-stream dynamic batcher (max batch 16, 10 ms); run B (the baseline) sets
-max batch 1. Both runs use the same segments, one after the other, in one invocation.
+Three configurations: the baseline (max batch 1) and the cross-stream dynamic batcher (max
+batch 16) without a wait for a fuller batch and with 10 ms (the default).
+All use the same segments in one invocation, --repeats times each in alternating order
+(A B C, C B A, ...), and the medians are reported.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -35,6 +38,14 @@ from livemod.stream.settings import Settings
 
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+BASELINE = "baseline: max batch 1"
+CONFIGS = {  # label: (max batch, batcher wait in ms)
+    BASELINE: (1, 0.0),
+    "batcher: max 16, no wait": (16, 0.0),
+    "batcher: max 16, 10 ms (the default)": (16, 10.0),
+}
 
 
 async def publish(bootstrap: str, topic: str, refs: list[FrameRef]) -> None:
@@ -68,16 +79,17 @@ async def publish_paced(bootstrap: str, topic: str, segs: dict[str, list[Path]],
         await p.stop()
 
 
-def run_once(broker: EmbeddedBroker, base: Settings, segs: dict[str, list[Path]], max_batch: int, tmp: Path,
-             models_dir: Path, paced: bool = False) -> dict[str, float]:
-    tag = f"b{max_batch}-{int(time.time())}"
+def run_once(broker: EmbeddedBroker, base: Settings, segs: dict[str, list[Path]], max_batch: int, wait_ms: float,
+             tmp: Path, models_dir: Path, paced: bool = False) -> dict[str, float]:
+    tag = f"b{max_batch}-w{wait_ms:g}-{int(time.time())}"
     s = base.model_copy(update={
         "kafka": base.kafka.model_copy(update={
             "bootstrap_servers": broker.url, "app_id": f"bench-{tag}", "frame_refs_topic": f"refs-{tag}",
             "alerts_topic": f"alerts-{tag}", "dlq_topic": f"dlq-{tag}", "reviews_topic": f"reviews-{tag}",
             "callbacks_dlq_topic": f"cbdlq-{tag}", "producer_max_batch_size": 1, "partitions": 8,
             "session_timeout_s": 6.0, "heartbeat_interval_s": 1.0, "rebalance_timeout_s": 10.0}),
-        "engines": base.engines.model_copy(update={"models_dir": models_dir.resolve(), "max_batch": max_batch}),
+        "engines": base.engines.model_copy(update={"models_dir": models_dir.resolve(), "max_batch": max_batch,
+                                                "batch_wait_ms": wait_ms}),
         "rules": base.rules.model_copy(update={"default_policy": "demo", "write_evidence": False}),
         "decoder": base.decoder.model_copy(update={"file_roots": (tmp.resolve(),)}),
         "worker": base.worker.model_copy(update={"web_port": free_port(), "max_in_flight": 16, "id": tag}),
@@ -133,6 +145,7 @@ def main() -> int:
     ap.add_argument("--streams", type=int, default=8)
     ap.add_argument("--segments", type=int, default=6)
     ap.add_argument("--models-dir", default=".cache/livemod/models")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each configuration (medians are reported)")
     ap.add_argument("--paced", action="store_true", help="publish each reference when its segment is recorded")
     args = ap.parse_args()
     say(f"machine: {machine()}")
@@ -148,22 +161,31 @@ def main() -> int:
     base = Settings()
     base = base.model_copy(update={"decoder": base.decoder.model_copy(update={
         "sampling": base.decoder.sampling.model_copy(update={"mode": "interval", "interval_s": 1.0})})})
-    results = {}
+    runs: dict[str, list[dict[str, float]]] = {label: [] for label in CONFIGS}
     with EmbeddedBroker(log_file=tmp / "broker.log") as broker:
-        for mb in (16, 1):
-            say(f"run max_batch={mb} ...")
-            results[mb] = run_once(broker, base, segs, mb, tmp, Path(args.models_dir), paced=args.paced)
-            say("  " + json.dumps({k: round(v, 3) for k, v in results[mb].items()}))
+        for r in range(args.repeats):
+            order = list(CONFIGS) if r % 2 == 0 else list(reversed(CONFIGS))  # no configuration always goes first
+            for label in order:
+                mb, wait_ms = CONFIGS[label]
+                say(f"run {r + 1}/{args.repeats}: {label} ...")
+                runs[label].append(run_once(broker, base, segs, mb, wait_ms, tmp, Path(args.models_dir),
+                                            paced=args.paced))
+                say("  " + json.dumps({k: round(v, 3) for k, v in runs[label][-1].items()}))
+    results = {label: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for label, rs in runs.items()}
     print(f"Machine: {machine()}")
     print(f"{args.streams} streams x {args.segments} segments of 2 s, "
-          + ("published in real time (live pacing)\n" if args.paced else "published at once (backlog)\n"))
+          + ("published in real time (live pacing)" if args.paced else "published at once (backlog)")
+          + f"; medians of {args.repeats} runs per configuration, in alternating order\n")
     print("| run | references | refs/s | sampled frames/s | mean engine batch | p50 segment->decision s | p99 s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for mb, label in ((1, "baseline: max batch 1"), (16, "dynamic batcher: max 16, 10 ms")):
-        r = results[mb]
-        print(f"| {label} | {r['refs']} | {r['refs_per_s']:.2f} | {r['frames_per_s']:.2f} | {r['mean_batch']:.1f} | "
-              f"{r['p50']:.2f} | {r['p99']:.2f} |")
-    print(f"\nthroughput ratio (batcher / baseline): {results[16]['frames_per_s'] / results[1]['frames_per_s']:.2f}x")
+    for label, r in results.items():
+        print(f"| {label} | {r['refs']:.0f} | {r['refs_per_s']:.2f} | {r['frames_per_s']:.2f} | "
+              f"{r['mean_batch']:.1f} | {r['p50']:.2f} | {r['p99']:.2f} |")
+    base_fps = results[BASELINE]["frames_per_s"]
+    print()
+    for label, r in results.items():
+        if label != BASELINE:
+            print(f"throughput ratio ({label} / baseline): {r['frames_per_s'] / base_fps:.2f}x")
     return 0
 
 
