@@ -206,8 +206,8 @@ def evaluate(state: StreamState, obs: Observation, policy: Policy) -> tuple[Stre
     if obs.frame_id in state.recent:
         return state, []
     verdicts: list[Verdict] = []
-    rules = dict(state.rules)
+    rules = {}  # the state of a rule the policy no longer has is dropped
     for rule in policy.rules:
-        rules[rule.name] = _step(rule, policy, rules.get(rule.name, RuleState()), obs, verdicts)
+        rules[rule.name] = _step(rule, policy, state.rules.get(rule.name, RuleState()), obs, verdicts)
     recent = (state.recent + (obs.frame_id,))[-RECENT_FRAMES:]
     return StreamState(rules, recent), verdicts

@@ -421,3 +421,13 @@ def test_a_stale_close_says_so_and_names_the_incident():
     assert state.rules["r"].incident is None and state.rules["r"].last_close == 1001.0
     state, verdicts = evaluate(state, _o(3, 0.1, t=1501.0), p)
     assert verdicts == []
+
+
+def test_the_state_of_a_rule_removed_from_the_policy_is_dropped():
+    two = Policy(name="p", rules=(Rule(name="a", model="m", label="x", review=0.3, alert=0.6, recheck=None),
+                                  Rule(name="b", model="m", label="x", review=0.3, alert=0.6, recheck=None)))
+    one = Policy(name="p", rules=(two.rules[0],))
+    state, _ = evaluate(StreamState(), _o(0, 0.7), two)
+    assert set(state.rules) == {"a", "b"}
+    state, _ = evaluate(state, _o(1, 0.7), one)
+    assert set(state.rules) == {"a"} and len(state.rules["a"].window) == 2
