@@ -211,3 +211,23 @@ def evaluate(state: StreamState, obs: Observation, policy: Policy) -> tuple[Stre
         rules[rule.name] = _step(rule, policy, state.rules.get(rule.name, RuleState()), obs, verdicts)
     recent = (state.recent + (obs.frame_id,))[-RECENT_FRAMES:]
     return StreamState(rules, recent), verdicts
+
+
+def end_stream(state: StreamState, frame_id: str, wall_clock: float) -> tuple[StreamState, list[Verdict]]:
+    """The broadcast ended: close every open incident (reason "ended") and empty every window.
+
+    Pure, like ``evaluate``: ``frame_id`` names the end marker (a replay of it is a no-op) and
+    ``wall_clock`` is when the stream ended (it starts the cooldown).
+    """
+    if frame_id in state.recent:
+        return state, []
+    verdicts: list[Verdict] = []
+    rules = {}
+    for name, rs in state.rules.items():
+        if rs.incident is not None:
+            verdicts.append(Verdict("close", name, frame_id, 0.0, alert_id=rs.incident.alert_id, reason="ended"))
+            rules[name] = RuleState(window=(), incident=None, last_close=wall_clock)
+        else:
+            rules[name] = replace(rs, window=())
+    recent = (state.recent + (frame_id,))[-RECENT_FRAMES:]
+    return StreamState(rules, recent), verdicts

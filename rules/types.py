@@ -105,8 +105,9 @@ class Verdict:
         rule: the rule's name.
         frame_id: the frame that produced the verdict.
         score: that frame's decision score for the rule's label.
-        reason: for "close": "below" (hysteresis: frames below close_below) or "stale" (the
-            stream was silent for stale_after_s; the frame is the first one after the silence).
+        reason: for "close": "below" (hysteresis: frames below close_below), "stale" (the
+            stream was silent for stale_after_s; the frame is the first one after the silence)
+            or "ended" (ingest said the broadcast ended).
     """
 
     kind: Literal["review", "alert", "close"]

@@ -177,10 +177,12 @@ async def _main(settings: Settings, out: Path, seconds: float, streams: int) -> 
             bad = [(b"broken-cam", b"{not json"),
                    (b"nosy-cam", frame_ref_bytes("nosy-cam", "http://169.254.169.254/latest/meta-data"))]
             say(f"publishing references: {sum(len(p) for _s, p in plan)} segments of 2 s, paced in real time, "
-                f"plus {len(bad)} bad messages")
+                f"an end marker per stream, plus {len(bad)} bad messages")
 
             def on_publish(ref: Any) -> None:
-                if ref.seq % 2 == 1:
+                if ref.kind == "end":
+                    say(f"[ingest] {ref.stream_id} ended (an 'end' reference closes its open incidents)")
+                elif ref.seq % 2 == 1:
                     m = scrape(f"{base}/metrics")
                     say(f"[ingest] {ref.stream_id} segment {ref.seq} published; worker: "
                         f"{m.get('livemod_references_consumed_total', 0):.0f} refs, "

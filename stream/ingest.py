@@ -56,10 +56,12 @@ async def publish_refs(
     pace: float = 1.0,
     extra: Sequence[tuple[bytes, bytes]] = (),
     on_publish: Callable[[FrameRef], None] | None = None,
+    end: bool = True,
 ) -> list[FrameRef]:
     """Publish each segment's reference when it would have finished recording (``pace`` x real time).
 
-    ``extra`` (key, raw value) messages, e.g. malformed ones, are published first.
+    ``extra`` (key, raw value) messages, e.g. malformed ones, are published first; with ``end``,
+    an "end" reference per stream follows its last segment.
     """
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
@@ -79,6 +81,14 @@ async def publish_refs(
                 ref = FrameRef(stream_id=stream.stream_id, uri=str(segs[i].resolve()), kind="segment", seq=i,
                                wall_start=round(now - segment_s, 3), duration=segment_s, policy=stream.policy,
                                metadata={"source": "simulated-ingest"})
+                await producer.send_and_wait(topic, ref.to_bytes(), key=stream.stream_id.encode())
+                published.append(ref)
+                if on_publish:
+                    on_publish(ref)
+        if end:  # the broadcasts are over: their open incidents close
+            for stream, segs in plan:
+                ref = FrameRef(stream_id=stream.stream_id, kind="end", seq=len(segs), wall_start=round(time.time(), 3),
+                               policy=stream.policy, metadata={"source": "simulated-ingest"})
                 await producer.send_and_wait(topic, ref.to_bytes(), key=stream.stream_id.encode())
                 published.append(ref)
                 if on_publish:

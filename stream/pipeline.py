@@ -23,11 +23,11 @@ from livemod.engines.cam import input_to_frame
 from livemod.engines.card import ModelCard, load_cards
 from livemod.engines.recheck import RecheckSpec, Scorer, ScoreRequest, Watch
 from livemod.engines.types import FrameScores
-from livemod.rules.engine import StreamState, evaluate
+from livemod.rules.engine import StreamState, end_stream, evaluate
 from livemod.rules.evidence import audit_pick, write_evidence
 from livemod.rules.policy import Policy, load_policies, validate_against_cards
 from livemod.rules.types import Alert, Observation
-from livemod.decoders.errors import ConfigError
+from livemod.decoders.errors import ConfigError, MessageError
 from livemod.stream.schemas import FrameRef
 from livemod.stream.settings import Settings
 
@@ -147,6 +147,8 @@ class Moderator:
         self, ref: FrameRef, state: SamplerState | None = None, stop: threading.Event | None = None
     ) -> Iterator[SampledFrame]:
         """Sample frames of one reference (PyAV, in the caller's thread)."""
+        if ref.uri is None:
+            raise MessageError(f"a {ref.kind!r} reference has no media to decode", reason="invalid_fields")
         return decode(
             ref.uri,
             stream_id=ref.stream_id,
@@ -215,6 +217,23 @@ class Moderator:
                 decision.reviews.append(closed)
         if not verdicts and not replay and policy.audit_fraction > 0 and audit_pick(fid, policy.audit_fraction):
             decision.reviews.append(self._review_record("audit", ref, frame, scores, policy, None))
+        return state, decision
+
+    def end(self, state: StreamState, ref: FrameRef) -> tuple[StreamState, Decision]:
+        """An "end" reference: close the stream's open incidents and empty its windows."""
+        fid = f"{ref.key}@end"
+        ended_at = ref.wall_start if ref.wall_start is not None else time.time()
+        state, verdicts = end_stream(state, fid, ended_at)
+        decision = Decision()
+        policy = self.policy(ref.policy)
+        for verdict in verdicts:
+            if verdict.alert_id:
+                decision.closed.append(verdict.alert_id)
+                decision.reviews.append({
+                    "kind": "incident_closed", "stream_id": ref.stream_id, "frame_id": fid, "pts": None,
+                    "wall_clock": round(ended_at, 3), "policy": policy.name, "rule": verdict.rule, "uri": None,
+                    "scores": {}, "top": {}, "alert_id": verdict.alert_id, "close_reason": verdict.reason,
+                })
         return state, decision
 
     # ---- records -----------------------------------------------------------------------

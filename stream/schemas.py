@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from livemod.decoders.errors import MessageError
 
@@ -21,8 +21,9 @@ class FrameRef(BaseModel):
         v: schema version (1).
         stream_id: the broadcast; also the Kafka key.
         uri: where the media is (file, http(s), HLS playlist, rtmp(s)/rtsp URL, image).
-        kind: "segment" (a finite media file), "image" (a snapshot) or "live" (a stream URL
-            to follow until it ends or the duration runs out).
+        kind: "segment" (a finite media file), "image" (a snapshot), "live" (a stream URL
+            to follow until it ends or the duration runs out) or "end" (the broadcast ended:
+            no media, no uri; its open incidents close and its windows empty).
         seq: the ingest's sequence number of this reference within the stream.
         wall_start: Unix time of the media's first frame (PTS 0); frame times are wall_start + pts.
         duration: seconds of media the reference covers (informative; "live" stops after it).
@@ -35,14 +36,20 @@ class FrameRef(BaseModel):
 
     v: int = SCHEMA_VERSION
     stream_id: str = Field(min_length=1, max_length=256)
-    uri: str = Field(min_length=1, max_length=4096)
-    kind: Literal["segment", "image", "live"] = "segment"
+    uri: str | None = Field(default=None, min_length=1, max_length=4096)
+    kind: Literal["segment", "image", "live", "end"] = "segment"
     seq: int = Field(default=0, ge=0)
     wall_start: float | None = None
     duration: float | None = Field(default=None, ge=0)
     policy: str | None = None
     tenant: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _uri_unless_end(self) -> "FrameRef":
+        if self.uri is None and self.kind != "end":
+            raise ValueError(f"a {self.kind!r} reference needs a uri")
+        return self
 
     @property
     def key(self) -> str:

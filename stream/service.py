@@ -50,7 +50,7 @@ from livemod.rules.engine import StreamState
 from livemod.rules.policy import Policy
 from livemod.stream.batcher import DynamicBatcher
 from livemod.stream.metrics import Metrics
-from livemod.stream.pipeline import Moderator
+from livemod.stream.pipeline import Decision, Moderator
 from livemod.stream.schemas import DeadLetter, FrameRef, parse_frame_ref
 from livemod.stream.settings import Settings
 from livemod.stream.webhook import deliver, secret_from_env
@@ -631,6 +631,12 @@ class Worker:
             ref = ref.model_copy(update={"wall_start": float(msg.timestamp)})
         saved = self.state[ref.stream_id] or {}
         rules_state = StreamState.from_dict(saved.get("rules"))
+        if ref.kind == "end":
+            rules_state, decision = moderator.end(rules_state, ref)
+            await self._publish(ref, decision)
+            # the sampler starts afresh too: a stream that comes back is a new broadcast
+            self.state[ref.stream_id] = {"rules": rules_state.to_dict(), "sampler": None}
+            return
         sampler = SamplerState.from_dict(saved["sampler"]) if saved.get("sampler") else None
         sampler = sampler or SamplerState(mode=self.settings.decoder.sampling.mode)
         decoded_before = sampler.decoded
@@ -698,11 +704,16 @@ class Worker:
         state, decision = await loop.run_in_executor(
             self.judge_pool, self.moderator.judge, state, ref, frame, scores, policy
         )
-        now = time.time()
-        self.metrics.e2e_seconds.observe(max(0.0, now - frame.wall_clock))
+        self.metrics.e2e_seconds.observe(max(0.0, time.time() - frame.wall_clock))
         for fs in scores.values():
             for label, rc in fs.rechecks.items():
                 self.metrics.rechecks.labels(fs.model, label, str(rc.after > rc.before).lower()).inc()
+        await self._publish(ref, decision)
+        return state
+
+    async def _publish(self, ref: FrameRef, decision: Decision) -> None:
+        """Publish a decision's alerts and review records and wait for the broker's acknowledgements."""
+        now = time.time()
         sends = []
         for alert in decision.alerts:
             alert["latency"]["published_at"] = round(now, 3)
@@ -718,7 +729,6 @@ class Worker:
             self.metrics.reviews.labels(review["kind"]).inc()
         for fut in sends:
             await fut  # the broker acknowledged it
-        return state
 
     async def _dead_letter(self, msg: Any, exc: LivemodError, *, attempts: int) -> None:
         record = DeadLetter(

@@ -252,6 +252,30 @@ def test_sigkill_mid_batch_loses_nothing_and_duplicates_no_incident(broker, segm
         w2.stop()
 
 
+def test_an_end_reference_closes_the_open_incident(broker, segments, models_dir, tmp_path):
+    # the cat is on air from 2 s to 8 s; the broadcast ends at 6 s, with the incident open
+    s = make_settings(broker, tmp_path, models_dir, segments["cat"][0].parent.parent)
+    asyncio.run(create_topics(broker.bootstrap, service_topics(s)))
+    end = FrameRef(stream_id="short-cam", kind="end", seq=6, wall_start=1_790_000_007.0)
+    publish(broker, s.kafka.frame_refs_topic, refs_for("short-cam", segments["cat"][:6], 1_790_000_000.0)
+            + [(b"short-cam", end.to_bytes())] * 2)  # the end marker twice: a replay closes nothing more
+    w = Running(s, tmp_path / "w.log", "w")
+    try:
+        w.wait_ready()
+        alerts = consume(broker, s.kafka.alerts_topic, lambda r: len(r) >= 1)
+        consume(broker, s.kafka.reviews_topic,
+                lambda r: any(json.loads(x.value)["kind"] == "incident_closed" for x in r))
+        t0 = time.monotonic()
+        while w.metric("livemod_references_consumed_total") < 8 and time.monotonic() - t0 < 60:
+            time.sleep(0.3)
+        closed = [json.loads(r.value) for r in consume(broker, s.kafka.reviews_topic, lambda r: False, timeout=2)]
+        closed = [c for c in closed if c["kind"] == "incident_closed"]
+        assert [(c["alert_id"], c["close_reason"], c["frame_id"]) for c in closed] == [
+            (json.loads(alerts[0].value)["id"], "ended", "short-cam/6@end")], w.diagnose()
+    finally:
+        w.stop()
+
+
 def partition_counts(broker: EmbeddedBroker, names: list[str]) -> dict[str, int]:
     async def go() -> dict[str, int]:
         admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)

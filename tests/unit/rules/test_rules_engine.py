@@ -8,7 +8,7 @@ import pytest
 
 from livemod.decoders.errors import MessageError
 from livemod.engines.types import FrameScores, Recheck
-from livemod.rules.engine import RuleState, StreamState, alert_id, evaluate
+from livemod.rules.engine import RuleState, StreamState, alert_id, end_stream, evaluate
 from livemod.rules.policy import Policy, Rule, Window
 from livemod.rules.types import Observation
 
@@ -431,3 +431,19 @@ def test_the_state_of_a_rule_removed_from_the_policy_is_dropped():
     assert set(state.rules) == {"a", "b"}
     state, _ = evaluate(state, _o(1, 0.7), one)
     assert set(state.rules) == {"a"} and len(state.rules["a"].window) == 2
+
+
+def test_the_end_of_a_broadcast_closes_its_incidents_and_empties_its_windows():
+    two = Policy(name="p", rules=(Rule(name="a", model="m", label="x", review=0.3, alert=0.6, recheck=None,
+                                       window=Window(k=1, n=3)),
+                                  Rule(name="b", model="m", label="x", review=0.3, alert=0.9, recheck=None,
+                                       window=Window(k=2, n=3))))
+    state, verdicts = evaluate(StreamState(), _o(0, 0.7), two)
+    opened = [v.alert_id for v in verdicts if v.kind == "alert"]
+    assert len(opened) == 1
+    state, verdicts = end_stream(state, "s1/9@end", 1010.0)
+    assert [(v.kind, v.rule, v.alert_id, v.reason) for v in verdicts] == [("close", "a", opened[0], "ended")]
+    assert all(rs.window == () and rs.incident is None for rs in state.rules.values())
+    assert state.rules["a"].last_close == 1010.0
+    again, verdicts = end_stream(state, "s1/9@end", 1010.0)
+    assert verdicts == [] and again is state, "a replayed end marker is a no-op"

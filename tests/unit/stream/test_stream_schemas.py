@@ -21,6 +21,7 @@ from livemod.stream.schemas import FrameRef, parse_frame_ref
         (b'{"v": "1", "stream_id": "s", "uri": "a.ts"}', "unknown_version"),
         (b'{"v": 1, "uri": "a.ts"}', "invalid_fields"),
         (b'{"v": 1, "stream_id": "s"}', "invalid_fields"),
+        (b'{"v": 1, "stream_id": "s", "kind": "live"}', "invalid_fields"),  # only an "end" has no uri
         (b'{"v": 1, "stream_id": "", "uri": "a.ts"}', "invalid_fields"),
         (b'{"v": 1, "stream_id": "s", "uri": "a.ts", "kind": "podcast"}', "invalid_fields"),
         (b'{"v": 1, "stream_id": "s", "uri": "a.ts", "seq": -1}', "invalid_fields"),
@@ -43,3 +44,9 @@ def test_round_trip():
 
 def test_version_defaults_to_current():
     assert parse_frame_ref(b'{"stream_id": "s", "uri": "a.ts"}').v == 1
+
+
+def test_an_end_reference_needs_no_uri():
+    ref = parse_frame_ref(b'{"v": 1, "stream_id": "s", "kind": "end", "seq": 7}')
+    assert ref.kind == "end" and ref.uri is None and ref.key == "s/7"
+    assert parse_frame_ref(ref.to_bytes()) == ref
