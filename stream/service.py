@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
 
 import faust
+from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
 from livemod.decoders.errors import ConfigError, LivemodError
@@ -457,7 +458,10 @@ class Worker:
 
         @app.page("/ready")
         async def ready(web: Any, request: Any) -> Any:
-            assigned = sorted(f"{tp.topic}:{tp.partition}" for tp in app.consumer.assignment()) if app.consumer else []
+            try:
+                assigned = sorted(f"{tp.topic}:{tp.partition}" for tp in app.consumer.assignment())
+            except ConsumerNotStarted:  # starting up: not ready, not an error
+                assigned = []
             # a worker may legitimately own nothing (more workers than partitions): ready means
             # it joined the group, recovered its tables and is not rebalancing now
             ok = app.livemod_rebalanced and not app.rebalancing
