@@ -481,7 +481,7 @@ class Worker:
             else:
                 self.metrics.offsets_refused.labels(msg.topic).inc()
                 log.debug("offset %s of %s refused (expected %s): it comes again after a rewind",
-                         msg.offset, msg.tp, expected)
+                          msg.offset, msg.tp, expected)
         elif entry.gap is not None:
             self.metrics.offset_gaps.labels(msg.topic).inc()
             log.warning("offsets %s..%s of %s do not exist (confirmed by %d re-reads); going on from %s",
