@@ -119,20 +119,24 @@ def _rule_state(rs: dict[str, Any]) -> RuleState:
     return RuleState(window, Incident(**inc) if inc else None, rs.get("last_close"))
 
 
+def _start_afresh(rule: str, rs: RuleState, frame_id: str, score: float, closed_at: float, reason: str,
+                  verdicts: list[Verdict]) -> RuleState:
+    """Close the rule's open incident, if any (a "close" verdict with ``reason``), and empty its window."""
+    if rs.incident is None:
+        return replace(rs, window=())
+    verdicts.append(Verdict("close", rule, frame_id, score, alert_id=rs.incident.alert_id, reason=reason))
+    return RuleState(window=(), incident=None, last_close=closed_at)
+
+
 def _step(rule: Rule, policy: Policy, rs: RuleState, obs: Observation, verdicts: list[Verdict]) -> RuleState:
     fs = obs.scores.get(rule.model)
     if fs is None or rule.label not in fs.scores:
         return rs  # no data for this rule on this frame: the window does not move
+    score = fs.score(rule.label)
     last_seen = rs.window[-1].wall_clock if rs.window else None
     if rule.stale_after_s is not None and last_seen is not None and obs.wall_clock - last_seen >= rule.stale_after_s:
         # the stream stopped and came back: what it showed before says nothing about now
-        if rs.incident is not None:
-            verdicts.append(Verdict("close", rule.name, obs.frame_id, float(fs.score(rule.label)),
-                                    alert_id=rs.incident.alert_id, reason="stale"))
-            rs = RuleState(window=(), incident=None, last_close=last_seen)
-        else:
-            rs = replace(rs, window=())
-    score = fs.score(rule.label)
+        rs = _start_afresh(rule.name, rs, obs.frame_id, float(score), last_seen, "stale", verdicts)
     # scores are kept unrounded: hit, whole-frame hit and recheck_used must agree at the threshold
     entry = Entry(obs.frame_id, obs.pts, obs.wall_clock, float(score), float(fs.scores[rule.label]),
                   score >= rule.alert, fs.rechecks.get(rule.label))
@@ -145,9 +149,7 @@ def _step(rule: Rule, policy: Policy, rs: RuleState, obs: Observation, verdicts:
             return replace(rs, window=window, incident=replace(inc, peak=max(inc.peak, score), below=0))
         below = inc.below + 1
         if below >= rule.close_frames:
-            verdicts.append(Verdict("close", rule.name, obs.frame_id, score, alert_id=inc.alert_id,
-                                    reason="below"))
-            return RuleState(window=(), incident=None, last_close=obs.wall_clock)
+            return _start_afresh(rule.name, rs, obs.frame_id, score, obs.wall_clock, "below", verdicts)
         return replace(rs, window=window, incident=replace(inc, below=below))
     # Cooldown: hits inside it do not count, so a new incident never starts within cooldown_s
     # of the previous close (its start frame is the first counted hit).
@@ -222,12 +224,7 @@ def end_stream(state: StreamState, frame_id: str, wall_clock: float) -> tuple[St
     if frame_id in state.recent:
         return state, []
     verdicts: list[Verdict] = []
-    rules = {}
-    for name, rs in state.rules.items():
-        if rs.incident is not None:
-            verdicts.append(Verdict("close", name, frame_id, 0.0, alert_id=rs.incident.alert_id, reason="ended"))
-            rules[name] = RuleState(window=(), incident=None, last_close=wall_clock)
-        else:
-            rules[name] = replace(rs, window=())
+    rules = {name: _start_afresh(name, rs, frame_id, 0.0, wall_clock, "ended", verdicts)
+             for name, rs in state.rules.items()}
     recent = (state.recent + (frame_id,))[-RECENT_FRAMES:]
     return StreamState(rules, recent), verdicts

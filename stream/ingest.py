@@ -66,6 +66,13 @@ async def publish_refs(
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
     published: list[FrameRef] = []
+
+    async def emit(ref: FrameRef) -> None:
+        await producer.send_and_wait(topic, ref.to_bytes(), key=ref.stream_id.encode())
+        published.append(ref)
+        if on_publish:
+            on_publish(ref)
+
     try:
         for key, value in extra:
             await producer.send_and_wait(topic, value, key=key)
@@ -81,18 +88,12 @@ async def publish_refs(
                 ref = FrameRef(stream_id=stream.stream_id, uri=str(segs[i].resolve()), kind="segment", seq=i,
                                wall_start=round(now - segment_s, 3), duration=segment_s, policy=stream.policy,
                                metadata={"source": "simulated-ingest"})
-                await producer.send_and_wait(topic, ref.to_bytes(), key=stream.stream_id.encode())
-                published.append(ref)
-                if on_publish:
-                    on_publish(ref)
+                await emit(ref)
         if end:  # the broadcasts are over: their open incidents close
             for stream, segs in plan:
-                ref = FrameRef(stream_id=stream.stream_id, kind="end", seq=len(segs), wall_start=round(time.time(), 3),
-                               policy=stream.policy, metadata={"source": "simulated-ingest"})
-                await producer.send_and_wait(topic, ref.to_bytes(), key=stream.stream_id.encode())
-                published.append(ref)
-                if on_publish:
-                    on_publish(ref)
+                await emit(FrameRef(stream_id=stream.stream_id, kind="end", seq=len(segs),
+                                    wall_start=round(time.time(), 3), policy=stream.policy,
+                                    metadata={"source": "simulated-ingest"}))
     finally:
         await producer.stop()
     return published

@@ -212,28 +212,22 @@ class Moderator:
             elif verdict.kind == "close" and verdict.alert_id:
                 decision.closed.append(verdict.alert_id)
                 closed = self._review_record("incident_closed", ref, frame, scores, policy, verdict.rule)
-                closed["alert_id"] = verdict.alert_id
-                closed["close_reason"] = verdict.reason
-                decision.reviews.append(closed)
+                decision.reviews.append({**closed, "alert_id": verdict.alert_id, "close_reason": verdict.reason})
         if not verdicts and not replay and policy.audit_fraction > 0 and audit_pick(fid, policy.audit_fraction):
             decision.reviews.append(self._review_record("audit", ref, frame, scores, policy, None))
         return state, decision
 
-    def end(self, state: StreamState, ref: FrameRef) -> tuple[StreamState, Decision]:
+    def end(self, state: StreamState, ref: FrameRef, policy: Policy) -> tuple[StreamState, Decision]:
         """An "end" reference: close the stream's open incidents and empty its windows."""
         fid = f"{ref.key}@end"
         ended_at = ref.wall_start if ref.wall_start is not None else time.time()
         state, verdicts = end_stream(state, fid, ended_at)
         decision = Decision()
-        policy = self.policy(ref.policy)
         for verdict in verdicts:
             if verdict.alert_id:
                 decision.closed.append(verdict.alert_id)
-                decision.reviews.append({
-                    "kind": "incident_closed", "stream_id": ref.stream_id, "frame_id": fid, "pts": None,
-                    "wall_clock": round(ended_at, 3), "policy": policy.name, "rule": verdict.rule, "uri": None,
-                    "scores": {}, "top": {}, "alert_id": verdict.alert_id, "close_reason": verdict.reason,
-                })
+                closed = self._record("incident_closed", ref, fid, None, ended_at, {}, policy, verdict.rule)
+                decision.reviews.append({**closed, "alert_id": verdict.alert_id, "close_reason": verdict.reason})
         return state, decision
 
     # ---- records -----------------------------------------------------------------------
@@ -286,12 +280,26 @@ class Moderator:
         policy: Policy,
         rule: str | None,
     ) -> dict[str, Any]:
+        return self._record(kind, ref, frame_id(ref, frame), frame.pts, frame.wall_clock, scores, policy, rule)
+
+    @staticmethod
+    def _record(
+        kind: str,
+        ref: FrameRef,
+        fid: str,
+        pts: float | None,
+        wall_clock: float,
+        scores: dict[str, FrameScores],
+        policy: Policy,
+        rule: str | None,
+    ) -> dict[str, Any]:
+        """A review-queue record (``pts`` None and no scores for an end marker)."""
         return {
             "kind": kind,
             "stream_id": ref.stream_id,
-            "frame_id": frame_id(ref, frame),
-            "pts": round(frame.pts, 3),
-            "wall_clock": round(frame.wall_clock, 3),
+            "frame_id": fid,
+            "pts": round(pts, 3) if pts is not None else None,
+            "wall_clock": round(wall_clock, 3),
             "policy": policy.name,
             "rule": rule,
             "uri": ref.uri,

@@ -139,12 +139,11 @@ class OrderedAcks:
             return None  # not started: delivered again after the rewind that starts it
         first_after_rewind = tp in self._after_rewind
         self._after_rewind.discard(tp)
+        entry = PendingAck(event)
         if offset < expected:
-            entry = PendingAck(event)
             self._pending[tp].append(entry)
             self.done(entry)
             return None
-        entry = PendingAck(event)
         if offset > expected:
             if not first_after_rewind:
                 self._dirty.add(tp)
@@ -636,7 +635,7 @@ class Worker:
         saved = self.state[ref.stream_id] or {}
         rules_state = StreamState.from_dict(saved.get("rules"))
         if ref.kind == "end":
-            rules_state, decision = moderator.end(rules_state, ref)
+            rules_state, decision = moderator.end(rules_state, ref, policy)
             await self._publish(ref, decision)
             # the sampler starts afresh too: a stream that comes back is a new broadcast
             self.state[ref.stream_id] = {"rules": rules_state.to_dict(), "sampler": None}
