@@ -24,11 +24,11 @@ import numpy as np
 
 from _common import machine
 
-from livemod.decoders.types import SampledFrame
+from livemod.core.types import SampledFrame
 from livemod.engines.card import load_cards
 from livemod.engines.ort import OrtClassifier
 from livemod.engines.recheck import RecheckSpec, Scorer, ScoreRequest, Watch
-from livemod.stream.demo import _cover, _photos
+from livemod.demo.scene import _cover, _photos
 
 SHARES = (0.20, 0.10, 0.065, 0.04, 0.024, 0.01)
 POSITIONS = ((0.80, 0.75), (0.15, 0.2), (0.5, 0.5), (0.85, 0.15))  # centre as frame fractions

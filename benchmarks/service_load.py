@@ -27,10 +27,10 @@ from pathlib import Path
 
 from _common import machine
 
-from livemod.decoders.synth import write_hls
-from livemod.stream.broker import EmbeddedBroker, free_port
-from livemod.stream.demo import Scene, broadcast_frames
-from livemod.stream.embedded import quantile, scrape, start_worker, http_get
+from livemod.demo.synth import write_hls
+from livemod.demo.broker import EmbeddedBroker, free_port
+from livemod.demo.scene import Scene, broadcast_frames
+from livemod.demo.service import quantile, scrape, start_worker, http_get
 from livemod.stream.schemas import FrameRef
 from livemod.stream.service import create_topics, service_topics
 from livemod.stream.settings import Settings

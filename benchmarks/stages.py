@@ -45,11 +45,11 @@ def main() -> int:
     ap.add_argument("--out", default="out/bench")
     args = ap.parse_args()
 
-    from livemod.decoders.synth import write_video
+    from livemod.demo.synth import write_video
     from livemod.engines.card import load_cards
     from livemod.engines.ort import OrtClassifier
     from livemod.engines.preprocess import prepare_batch
-    from livemod.stream.demo import Scene, broadcast_frames
+    from livemod.demo.scene import Scene, broadcast_frames
 
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     say(f"machine: {machine()}")
@@ -110,7 +110,7 @@ def main() -> int:
             t_rc = timed(recheck, args.repeats * 3)
             rows.append(("re-check (2 crops) per suspicious frame", "-", float("nan"), "full-res + 2 crops", t_rc * 1e3))
 
-    from livemod.rules.engine import StreamState
+    from livemod.rules.evaluate import StreamState
     from livemod.stream.pipeline import Moderator
     from livemod.stream.schemas import FrameRef
     from livemod.stream.settings import Settings

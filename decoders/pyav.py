@@ -19,7 +19,7 @@ import av.error
 import numpy as np
 
 from livemod.decoders.config import DecoderConfig
-from livemod.decoders.errors import (
+from livemod.core.errors import (
     CorruptMediaError,
     EmptyMediaError,
     ForbiddenSourceError,
@@ -31,7 +31,7 @@ from livemod.decoders.errors import (
     UnsupportedMediaError,
 )
 from livemod.decoders.sampling import THUMB_SIZE, Sampler, SamplerState
-from livemod.decoders.types import Resize, SampledFrame
+from livemod.core.types import Resize, SampledFrame
 from livemod.decoders.uri import Source, check_uri, redact
 
 log = logging.getLogger(__name__)

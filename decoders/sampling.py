@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from livemod.decoders.types import SampleReason
+from livemod.core.types import SampleReason
 from pydantic import BaseModel, ConfigDict, Field
 
 SampleMode = Literal["keyframes", "interval"]

@@ -11,7 +11,7 @@ from typing import Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from livemod.decoders.config import DecoderConfig
-from livemod.decoders.errors import (
+from livemod.core.errors import (
     BadUriError,
     ForbiddenSourceError,
     SourceNotFoundError,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from livemod.decoders.errors import ConfigError
+from livemod.core.errors import ConfigError
 from livemod.engines.card import ModelCard
 from livemod.engines.ort import OrtClassifier
 from livemod.engines.types import Classifier

@@ -9,8 +9,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from livemod.decoders.errors import ConfigError, ModelError
-from livemod.decoders.types import Resize
+from livemod.core.errors import ConfigError, ModelError
+from livemod.core.types import Resize
 
 CARDS_DIR = Path(__file__).parent / "cards"
 

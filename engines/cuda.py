@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from livemod.decoders.errors import ConfigError, GpuError
+from livemod.core.errors import ConfigError, GpuError
 
 
 def runtime() -> Any:

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import yaml
 
-from livemod.decoders.errors import ConfigError, ModelError
+from livemod.core.errors import ConfigError, ModelError
 from livemod.engines.card import ModelCard, load_cards, sha256_file
 from livemod.engines.ort import OrtClassifier
 from livemod.engines.preprocess import prepare_batch

@@ -11,7 +11,7 @@ import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
 
-from livemod.decoders.errors import ConfigError, GpuError
+from livemod.core.errors import ConfigError, GpuError
 from livemod.engines import cuda
 
 ENGINES = ("auto", "tensorrt", "onnxruntime")

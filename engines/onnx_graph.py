@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from livemod.decoders.errors import ModelError
+from livemod.core.errors import ModelError
 
 
 def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int, int]:

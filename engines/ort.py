@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from livemod.decoders.errors import InferenceError, ModelError
+from livemod.core.errors import InferenceError, ModelError
 from livemod.engines.card import ModelCard
 from livemod.engines.types import Outputs
 

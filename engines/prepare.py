@@ -18,7 +18,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper
 
-from livemod.decoders.errors import ModelError
+from livemod.core.errors import ModelError
 from livemod.engines.card import ModelCard, load_cards, sha256_file
 from livemod.engines.onnx_graph import GraphBuilder, add_cam_outputs, check, fold_bn, name_batch_dim
 from livemod.engines.torchfile import load_state_dict

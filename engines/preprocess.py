@@ -7,7 +7,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from livemod.decoders.errors import InferenceError
+from livemod.core.errors import InferenceError
 from livemod.engines.card import ModelCard
 
 

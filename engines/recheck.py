@@ -7,7 +7,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from livemod.decoders.types import SampledFrame
+from livemod.core.types import SampledFrame
 from livemod.engines.card import ModelCard
 from livemod.engines.cam import expand_box, hot_boxes, input_to_frame, tile_boxes
 from livemod.engines.preprocess import prepare_batch

@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from livemod.decoders.errors import ModelError
+from livemod.core.errors import ModelError
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 

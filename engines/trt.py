@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from livemod.decoders.errors import ConfigError, GpuError, InferenceError, ModelError
+from livemod.core.errors import ConfigError, GpuError, InferenceError, ModelError
 from livemod.engines import cuda
 from livemod.engines.card import ModelCard, sha256_file
 from livemod.engines.gpu import GpuProbe, probe_gpu

@@ -8,7 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from livemod.decoders.errors import ConfigError
+from livemod.core.errors import ConfigError
 from livemod.engines.card import ModelCard
 
 POLICIES_DIR = Path(__file__).parent / "policies"

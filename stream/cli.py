@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from pydantic import ValidationError
 
-from livemod.decoders.errors import LivemodError
+from livemod.core.errors import LivemodError
 from livemod.stream.settings import Settings
 
 log = logging.getLogger("livemod")
@@ -117,8 +117,8 @@ class Progress:
 
 
 def moderate_uris(settings: Settings, uris: Sequence[str], *, stream_id: str | None = None) -> tuple[dict[str, Any], int]:
-    """Run the embedded pipeline over URIs; alerts go to stdout as JSON lines. Returns (summary, exit code)."""
-    from livemod.rules.engine import StreamState
+    """Run the in-process pipeline over URIs; alerts go to stdout as JSON lines. Returns (summary, exit code)."""
+    from livemod.rules.evaluate import StreamState
     from livemod.stream.pipeline import Moderator
     from livemod.stream.schemas import FrameRef
 
@@ -160,13 +160,13 @@ def cmd_moderate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    if args.embedded:
-        from livemod.stream.demo import run_embedded_demo
+    if args.no_broker:
+        from livemod.demo.scene import run_no_broker_demo
 
-        return run_embedded_demo(_settings(args), Path(args.out or "out/demo"), seconds=args.seconds)
-    from livemod.stream.service import run_default
+        return run_no_broker_demo(_settings(args), Path(args.out or "out/demo"), seconds=args.seconds)
+    from livemod.demo.service import run_service_demo
 
-    return run_default(_settings(args), out=Path(args.out or "out/demo"), seconds=args.seconds)
+    return run_service_demo(_settings(args), out=Path(args.out or "out/demo"), seconds=args.seconds)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -189,8 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(m)
     m.set_defaults(func=cmd_moderate)
 
-    d = sub.add_parser("demo", help="the sample broadcast: service on the embedded broker (or --embedded)")
-    d.add_argument("--embedded", action="store_true", help="broker-free: run the pipeline in-process")
+    d = sub.add_parser("demo", help="the sample broadcast: the service on the bundled broker (or --no-broker)")
+    d.add_argument("--no-broker", action="store_true", help="run the pipeline in-process, without a broker")
     d.add_argument("--seconds", type=float, default=12.0, help="length of each sample stream")
     d.add_argument("--out", help="output folder (default out/demo)")
     _add_common(d)

@@ -17,17 +17,17 @@ from typing import Any, Callable, Iterator, Sequence
 
 from livemod.decoders.pyav import decode
 from livemod.decoders.sampling import SamplerState
-from livemod.decoders.types import Resize, SampledFrame
+from livemod.core.types import Resize, SampledFrame
 from livemod.engines.backend import BackendChoice, choose, load_classifier
 from livemod.engines.cam import input_to_frame
 from livemod.engines.card import ModelCard, load_cards
 from livemod.engines.recheck import RecheckSpec, Scorer, ScoreRequest, Watch
 from livemod.engines.types import FrameScores
-from livemod.rules.engine import StreamState, end_stream, evaluate
+from livemod.rules.evaluate import StreamState, end_stream, evaluate
 from livemod.rules.evidence import audit_pick, write_evidence
 from livemod.rules.policy import Policy, load_policies, validate_against_cards
 from livemod.rules.types import Alert, Observation
-from livemod.decoders.errors import ConfigError, MessageError
+from livemod.core.errors import ConfigError, MessageError
 from livemod.stream.schemas import FrameRef
 from livemod.stream.settings import Settings
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from livemod.decoders.errors import MessageError
+from livemod.core.errors import MessageError
 
 SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})

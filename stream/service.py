@@ -43,11 +43,11 @@ import faust
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
-from livemod.decoders.errors import ConfigError, LivemodError
+from livemod.core.errors import ConfigError, LivemodError
 from livemod.decoders.sampling import SamplerState
-from livemod.decoders.types import SampledFrame
+from livemod.core.types import SampledFrame
 from livemod.engines.types import FrameScores
-from livemod.rules.engine import StreamState
+from livemod.rules.evaluate import StreamState
 from livemod.rules.policy import Policy
 from livemod.stream.batcher import DynamicBatcher
 from livemod.stream.metrics import Metrics
@@ -834,10 +834,3 @@ def service_topics(settings: Settings) -> list[tuple[str, int]]:
     k = settings.kafka
     return [(t, k.partitions) for t in (k.frame_refs_topic, k.alerts_topic, k.dlq_topic, k.reviews_topic,
                                          k.callbacks_dlq_topic)] + [(f"{k.app_id}-stream-state-changelog", k.partitions)]
-
-
-def run_default(settings: Settings, *, out: Any, seconds: float = 12.0, streams: int = 3) -> int:
-    """The embedded default run: broker + one worker + simulated ingest (see stream/embedded.py)."""
-    from livemod.stream.embedded import run_embedded_service
-
-    return run_embedded_service(settings, out=out, seconds=seconds, streams=streams)

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from livemod.decoders.errors import GpuError
+from livemod.core.errors import GpuError
 from livemod.engines import cuda
 from livemod.engines.gpu import probe_gpu
 

@@ -17,7 +17,7 @@ import pytest
 
 from livemod.decoders import pyav
 from livemod.decoders.config import DecoderConfig, ReconnectConfig, SamplerConfig
-from livemod.decoders.errors import (
+from livemod.core.errors import (
     CorruptMediaError,
     EmptyMediaError,
     ForbiddenSourceError,
@@ -29,8 +29,8 @@ from livemod.decoders.errors import (
 )
 from livemod.decoders.pyav import decode, probe_nvdec
 from livemod.decoders.sampling import SamplerState
-from livemod.decoders.synth import pattern_frames, write_hls, write_image, write_video
-from livemod.decoders.types import Resize
+from livemod.demo.synth import pattern_frames, write_hls, write_image, write_video
+from livemod.core.types import Resize
 
 SIZES = [Resize(64, 64), Resize(96, 54, keep_aspect=True)]
 

@@ -11,7 +11,7 @@ import pytest
 import skimage.data
 from onnx import numpy_helper
 
-from livemod.decoders.errors import ModelError
+from livemod.core.errors import ModelError
 from livemod.engines.card import load_cards, sha256_file
 from livemod.engines.ort import OrtClassifier
 from livemod.engines.prepare import (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from livemod.decoders.errors import ModelError
-from livemod.decoders.types import Resize, SampledFrame
+from livemod.core.errors import ModelError
+from livemod.core.types import Resize, SampledFrame
 from livemod.engines.ort import OrtClassifier
 from livemod.engines.preprocess import prepare_batch
 from livemod.engines.recheck import RecheckSpec, Scorer, ScoreRequest, Watch

@@ -11,9 +11,9 @@ from pathlib import Path
 import cv2
 import pytest
 
-from livemod.decoders.synth import pattern_frames, write_video
-from livemod.rules.engine import StreamState
-from livemod.stream.demo import Scene, broadcast_frames
+from livemod.demo.synth import pattern_frames, write_video
+from livemod.rules.evaluate import StreamState
+from livemod.demo.scene import Scene, broadcast_frames
 from livemod.stream.pipeline import Moderator
 from livemod.stream.schemas import FrameRef
 from livemod.stream.settings import Settings

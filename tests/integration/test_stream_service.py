@@ -21,10 +21,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from livemod.decoders.synth import write_hls
-from livemod.stream.broker import EmbeddedBroker, free_port
-from livemod.stream.demo import Scene, broadcast_frames
-from livemod.stream.embedded import http_get, scrape, start_worker
+from livemod.demo.synth import write_hls
+from livemod.demo.broker import EmbeddedBroker, free_port
+from livemod.demo.scene import Scene, broadcast_frames
+from livemod.demo.service import http_get, scrape, start_worker
 from livemod.stream.schemas import FrameRef
 from livemod.stream.service import create_topics, service_topics
 from livemod.stream.settings import Settings

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from livemod.decoders.config import DecoderConfig
-from livemod.decoders.errors import (
+from livemod.core.errors import (
     BadUriError,
     CorruptMediaError,
     ForbiddenSourceError,
@@ -15,7 +15,7 @@ from livemod.decoders.errors import (
     UnsupportedMediaError,
 )
 from livemod.decoders.pyav import fitted_size, parse_m3u8
-from livemod.decoders.types import Resize
+from livemod.core.types import Resize
 from livemod.decoders.uri import check_uri, redact
 
 

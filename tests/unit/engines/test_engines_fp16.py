@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from livemod.decoders.errors import ConfigError, ModelError
+from livemod.core.errors import ConfigError, ModelError
 from livemod.engines.card import load_card, sha256_file
 from livemod.engines.fp16 import Fp16Report, autocast_command, check_fp16, convert_fp16, fp16_card, write_card
 from tests.fp16models import fp16_by_hand

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from livemod.decoders.errors import ModelError
+from livemod.core.errors import ModelError
 from livemod.engines.onnx_graph import GraphBuilder, add_cam_outputs, fold_bn, name_batch_dim, same_pads
 from livemod.engines.prepare import prepare_models
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from livemod.decoders.types import Resize
+from livemod.core.types import Resize
 from livemod.engines.card import ModelCard
 from livemod.engines.preprocess import fit_size, prepare_batch, to_input_size
 

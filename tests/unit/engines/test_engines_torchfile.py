@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from livemod.decoders.errors import ModelError
+from livemod.core.errors import ModelError
 from livemod.engines.torchfile import LEGACY_MAGIC, load_state_dict
 
 

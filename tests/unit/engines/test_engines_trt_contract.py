@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from livemod.decoders.errors import ConfigError, GpuError, InferenceError, ModelError
+from livemod.core.errors import ConfigError, GpuError, InferenceError, ModelError
 from livemod.engines import cuda, gpu, trt
 from livemod.engines.card import ModelCard
 from livemod.engines.gpu import GpuProbe

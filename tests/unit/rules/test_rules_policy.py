@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from livemod.decoders.errors import ConfigError
+from livemod.core.errors import ConfigError
 from livemod.engines.card import load_cards
 from livemod.rules.policy import (
     POLICIES_DIR,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from livemod.decoders.errors import ConfigError
+from livemod.core.errors import ConfigError
 from livemod.rules.policy import DEFAULT_BAND_LO, load_policy
 
 RULE = "{name: a, model: m, label: x, review: 0.3, alert: 0.6%s}"

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 from pydantic import SecretStr
 
-from livemod.stream.embedded import quantile, settings_env
+from livemod.demo.service import quantile, settings_env
 from livemod.stream.service import OrderedAcks, StreamLocks, _credentials, backoff_delay
 from livemod.stream.settings import Settings
 from livemod.stream.webhook import sign, verify

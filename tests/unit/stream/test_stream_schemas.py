@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from livemod.decoders.errors import MessageError
+from livemod.core.errors import MessageError
 from livemod.stream.schemas import FrameRef, parse_frame_ref
 
 

@@ -1,4 +1,4 @@
-"""A sample broadcast built from real photos that installed packages ship, and the embedded demo run.
+"""A sample broadcast built from real photos that installed packages ship, and the demo run without a broker.
 
 The scene: a presenter shot (matplotlib's Grace Hopper photo, scikit-image's astronaut)
 cross-fading with b-roll (rocket, coffee), slowly panning so frames are not duplicates. For
@@ -99,7 +99,7 @@ def write_demo_media(directory: Path, seconds: float = 12.0) -> list[Path]:
 
     Two streams: "studio" shows the picture-in-picture cat for a while, "newsroom" never does.
     """
-    from livemod.decoders.synth import write_video
+    from livemod.demo.synth import write_video
 
     directory.mkdir(parents=True, exist_ok=True)
     out = []
@@ -114,7 +114,7 @@ def write_demo_media(directory: Path, seconds: float = 12.0) -> list[Path]:
     return out
 
 
-def run_embedded_demo(settings, out: Path, *, seconds: float = 12.0) -> int:  # noqa: ANN001 - Settings
+def run_no_broker_demo(settings, out: Path, *, seconds: float = 12.0) -> int:  # noqa: ANN001 - Settings
     """Prepare models, build the sample broadcasts and moderate them in-process with the demo policy."""
     import json
     import sys

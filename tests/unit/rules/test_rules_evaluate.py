@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from livemod.decoders.errors import MessageError
+from livemod.core.errors import MessageError
 from livemod.engines.types import FrameScores, Recheck
-from livemod.rules.engine import RuleState, StreamState, alert_id, end_stream, evaluate
+from livemod.rules.evaluate import RuleState, StreamState, alert_id, end_stream, evaluate
 from livemod.rules.policy import Policy, Rule, Window
 from livemod.rules.types import Observation
 

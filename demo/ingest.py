@@ -11,8 +11,8 @@ from typing import Callable, Sequence
 
 from aiokafka import AIOKafkaProducer
 
-from livemod.decoders.synth import write_hls
-from livemod.stream.demo import Scene, broadcast_frames
+from livemod.demo.synth import write_hls
+from livemod.demo.scene import Scene, broadcast_frames
 from livemod.stream.schemas import FrameRef
 
 log = logging.getLogger(__name__)

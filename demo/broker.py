@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from livemod.decoders.errors import LivemodError
+from livemod.core.errors import LivemodError
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from livemod.decoders.errors import MessageError
+from livemod.core.errors import MessageError
 from livemod.engines.types import Recheck
 from livemod.rules.policy import Policy, Rule
 from livemod.rules.types import Alert, FrameEvidence, Observation, Verdict

@@ -1,4 +1,4 @@
-"""The embedded default run: bundled broker, one worker process, simulated ingest, alerts as they arrive."""
+"""The demo on the service: bundled broker, one worker process, simulated ingest, alerts as they arrive."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from livemod.stream.broker import EmbeddedBroker, free_port
+from livemod.demo.broker import EmbeddedBroker, free_port
 from livemod.stream.settings import Settings
 
 
@@ -112,7 +112,7 @@ async def _consume(bootstrap: str, topic: str, printer: Any, stop: asyncio.Event
 
 async def _main(settings: Settings, out: Path, seconds: float, streams: int) -> int:
     from livemod.engines.prepare import prepare_models
-    from livemod.stream.ingest import default_streams, publish_refs, write_segments
+    from livemod.demo.ingest import default_streams, publish_refs, write_segments
     from livemod.stream.service import create_topics, service_topics
 
     out.mkdir(parents=True, exist_ok=True)
@@ -242,5 +242,5 @@ def frame_ref_bytes(stream_id: str, uri: str) -> bytes:
     return FrameRef(stream_id=stream_id, uri=uri, seq=0).to_bytes()
 
 
-def run_embedded_service(settings: Settings, *, out: Path, seconds: float = 12.0, streams: int = 3) -> int:
+def run_service_demo(settings: Settings, *, out: Path, seconds: float = 12.0, streams: int = 3) -> int:
     return asyncio.run(_main(settings, Path(out), seconds, streams))

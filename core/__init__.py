@@ -1,0 +1,1 @@
+"""Shared value types and the error tree: the bottom room every other room may import."""

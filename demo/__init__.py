@@ -1,0 +1,1 @@
+"""The demo harness: the bundled broker, a simulated ingest, sample broadcasts and the demo runs."""
