@@ -43,6 +43,8 @@ class SampledFrame:
         full_rgb: returns the full-resolution RGB frame, uint8 (height, width, 3). It converts
             lazily from the decoded frame, so only frames that need a re-check pay for it.
             Drop the SampledFrame to release the decoded picture.
+        gap_s: stream seconds since the previous sampled frame of the same stream (across
+            segments and reconnects; an outage counts), None for the stream's first sample.
     """
 
     stream_id: str
@@ -55,3 +57,4 @@ class SampledFrame:
     height: int
     images: dict[Resize, np.ndarray]
     full_rgb: Callable[[], np.ndarray] = field(repr=False)
+    gap_s: float | None = None

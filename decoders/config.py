@@ -22,19 +22,23 @@ DEMUXERS: tuple[str, ...] = (
 
 
 class ReconnectConfig(BaseModel):
-    """Exponential backoff for live sources (RTMP, RTSP) that drop.
+    """Exponential backoff for live sources (RTMP, RTSP, live HLS) that drop or stall.
+
+    A live source is reconnected until the broadcast ends: the caller stops it, its duration
+    runs out, or no media has come for ``DecoderConfig.live_idle_timeout_s``.
 
     Attributes:
         initial_s: first wait after a drop; doubled after each failed attempt.
         max_s: the longest wait.
-        max_attempts: attempts in a row without a frame before giving up; 0 = forever.
+        max_attempts: attempts in a row without a frame before giving up; 0 = no limit
+            (only the idle timeout ends the retries).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     initial_s: float = Field(default=0.5, gt=0)
-    max_s: float = Field(default=10.0, gt=0)
-    max_attempts: int = Field(default=5, ge=0, description="0 = forever")
+    max_s: float = Field(default=5.0, gt=0)
+    max_attempts: int = Field(default=0, ge=0, description="0 = until live_idle_timeout_s")
 
 
 class DecoderConfig(BaseModel):
@@ -65,6 +69,9 @@ class DecoderConfig(BaseModel):
         max_segment_seconds: media seconds per segment (not applied to live sources).
         max_live_seconds: stop a live source (RTMP/RTSP, live HLS) after this many media
             seconds; 0 = never.
+        live_idle_timeout_s: a live source that has given no media (no packet, no new HLS
+            segment) for this long, through drops and reconnects, has ended. An RTMP
+            publisher's end and its drop look the same (FFmpeg's I/O error): only time tells.
         hwaccel: "auto" decodes with NVDEC when a CUDA device works, "cuda" asks for it (and
             logs once when it is not there), "none" always decodes on the CPU.
     """
@@ -88,6 +95,7 @@ class DecoderConfig(BaseModel):
     max_frames_per_segment: int = Field(default=20_000, gt=0, description="decoded frames per segment")
     max_segment_seconds: float = Field(default=600.0, gt=0, description="media seconds per segment")
     max_live_seconds: float = Field(default=0.0, ge=0, description="stop a live source after this long; 0 = never")
+    live_idle_timeout_s: float = Field(default=30.0, gt=0, description="a live source without media this long has ended")
     hwaccel: Literal["auto", "cuda", "none"] = "auto"
     sampling: SamplerConfig = Field(default_factory=SamplerConfig)
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)

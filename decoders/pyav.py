@@ -31,7 +31,7 @@ from livemod.core.errors import (
     UnsupportedMediaError,
 )
 from livemod.decoders.sampling import THUMB_SIZE, Sampler, SamplerState
-from livemod.core.types import Resize, SampledFrame
+from livemod.core.types import Resize, SampledFrame, SampleReason
 from livemod.decoders.uri import Source, check_uri, redact
 
 log = logging.getLogger(__name__)
@@ -46,16 +46,17 @@ PROTOCOLS = {
     "rtmps": "rtmp,rtmps,tcp,tls",
     "rtsp": "rtsp,rtsps,rtp,srtp,tcp,udp,tls",
 }
+LIVE_ANALYZE_S = 1.0  # how much of a live source FFmpeg reads to find its streams before the first frame
 _warned: set[str] = set()
 _warned_lock = threading.Lock()
 
 
-def _warn_once(key: str, msg: str, *args: object) -> None:
+def _warn_once(key: str, msg: str, *args: object, level: int = logging.WARNING) -> None:
     with _warned_lock:
         if key in _warned:
             return
         _warned.add(key)
-    log.warning(msg, *args)
+    log.log(level, msg, *args)
 
 
 # ---- NVDEC ---------------------------------------------------------------------------------
@@ -107,9 +108,16 @@ class _Run:
     index: int = 0
     frames: int = 0
     hw_failed: bool = False
+    live_limit_s: float = 0.0  # stop a live source at this stream time (0 = never)
+    media_t: float = 0.0  # latest packet time seen, in seconds from the source's start
+    media_mono: float | None = None  # time.monotonic() when that packet arrived
 
     def stopped(self) -> bool:
         return self.stop is not None and self.stop.is_set()
+
+    def live_done(self) -> bool:
+        """A live source has reached its duration or ``max_live_seconds``."""
+        return bool(self.live_limit_s) and self.media_t >= self.live_limit_s
 
     def wait(self, seconds: float) -> bool:
         """Sleep, waking early when stopped; True when stopped."""
@@ -248,6 +256,8 @@ def _options(src: Source, cfg: DecoderConfig) -> dict[str, str]:
         options.update(rtsp_transport="tcp", timeout=read_us)
     elif src.scheme in ("rtmp", "rtmps"):
         options.update(rw_timeout=read_us)
+    if src.is_live:  # probing a paced stream takes wall time: FFmpeg's 5 s delays each (re)connection
+        options.update(analyzeduration=str(int(LIVE_ANALYZE_S * 1e6)))
     return options
 
 
@@ -349,13 +359,97 @@ def _decode_segment(run: _Run, src: Source, *, t_offset: float = 0.0, live: bool
         yield from _decode_file(run, src, t_offset=t_offset, live=live)
 
 
+# a decoder that skipped frames has broken references (H.264 smears, HEVC waits for the next CRA) and
+# libdav1d reads skip_frame only when it opens: a change of decoding mode takes a fresh context
+_KEEP_MAX_PACKETS = 4096
+_KEEP_MAX_BYTES = 256 << 20
+
+
+class _Decoder:
+    """The decoder of one open video stream, and the packets it may have to decode again.
+
+    It starts as the stream's own codec context. While only keyframes are decoded it keeps
+    the packets since the last keyframe the decoder produced, so that when keyframes cannot
+    keep the coverage guarantee ``replay`` decodes every frame from there with a fresh context.
+    """
+
+    def __init__(self, vs: av.video.stream.VideoStream, hwaccel: av.codec.hwaccel.HWAccel | None) -> None:
+        self.ctx = vs.codec_context
+        self.hwaccel = hwaccel
+        self.kept: list[av.Packet] = []
+        self.kept_bytes = 0
+        self.keep = False  # keep packets for a replay (keyframes mode)
+        self.flushed = False
+
+    def over_limits(self) -> bool:
+        """The kept packets are too many to hold any longer (a stream with no usable timestamps)."""
+        return len(self.kept) > _KEEP_MAX_PACKETS or self.kept_bytes > _KEEP_MAX_BYTES
+
+    def feed(self, packet: av.Packet) -> list[av.VideoFrame]:
+        """Decode one packet (an empty one drains the decoder)."""
+        if not packet.size:
+            self.flushed = True
+        elif self.keep:
+            self.kept.append(packet)
+            self.kept_bytes += packet.size
+        return self.ctx.decode(packet)  # type: ignore[return-value]
+
+    def keyframe_out(self, pts: int) -> None:
+        """A keyframe of raw PTS ``pts`` came out: a replay starts from its packet from now on."""
+        for i, p in enumerate(self.kept):
+            if p.pts == pts:
+                del self.kept[:i]
+                self.kept_bytes = sum(p.size for p in self.kept)
+                return
+
+    def drain(self) -> list[av.VideoFrame]:
+        """The frames the decoder still holds (reordering, threads); it takes no packet after this."""
+        if self.flushed:
+            return []
+        self.flushed = True
+        try:
+            return self.ctx.decode(None)  # type: ignore[return-value]
+        except (av.error.EOFError, av.error.InvalidDataError):
+            return []
+
+    def fresh(self, skip_frame: str) -> None:
+        """Replace the (drained) decoder with a new one for the same stream."""
+        old = self.ctx
+        new = av.CodecContext.create(old.name, "r", hwaccel=self.hwaccel)
+        if old.extradata:
+            new.extradata = old.extradata
+        new.width, new.height = old.width, old.height  # type: ignore[attr-defined]
+        new.thread_type, new.thread_count = old.thread_type, old.thread_count
+        new.skip_frame = skip_frame
+        self.ctx, self.flushed = new, False
+
+    def replay(self) -> Iterator[list[av.VideoFrame]]:
+        """Decode every frame of the kept packets again with a fresh context that skips nothing;
+        the decoder goes on decoding every frame."""
+        kept, self.kept, self.kept_bytes, self.keep = self.kept, [], 0, False
+        self.fresh("DEFAULT")
+        for packet in kept:
+            try:
+                yield self.ctx.decode(packet)  # type: ignore[misc]
+            except av.error.InvalidDataError:
+                continue
+
+
+def _gap_ref(sampler: Sampler) -> float:
+    s = sampler.state
+    return s.last_sample_t if s.last_sample_t is not None else (s.first_t or 0.0)
+
+
 def _decode_file(run: _Run, src: Source, *, t_offset: float = 0.0, live: bool = False) -> Iterator[SampledFrame]:
     """Decode one finite file/segment (or one connection to a live source) and yield sampled frames.
 
     Limits (frames, media seconds, wall time) apply per call, i.e. per segment; a live
-    connection is bounded only by ``max_live_seconds``. When the data ends in garbage after
-    some frames were decoded (a truncated segment, a cut connection), the frames decoded so
-    far are kept and the segment ends with a warning; with no frame at all it is an error.
+    connection is bounded only by its duration and ``max_live_seconds``. When the data ends
+    in garbage after some frames were decoded (a truncated segment, a cut connection), the
+    frames decoded so far are kept and the segment ends with a warning; with no frame at all
+    it is an error. The coverage guarantee (``SamplerConfig.max_gap_s``) is kept here: when
+    the sampler says keyframes are not enough, the packets since the last keyframe the
+    decoder produced are decoded again, every frame, and sampled by interval.
     """
     cfg, sampler = run.config, run.sampler
     container, src = _open(run, src)
@@ -377,10 +471,89 @@ def _decode_file(run: _Run, src: Source, *, t_offset: float = 0.0, live: bool = 
         rate = float(vs.average_rate) if vs.average_rate else 0.0
         start = vs.start_time
         image = src.kind == "image"
+        dec = _Decoder(vs, choose_hwaccel(cfg)[0] if hw else None)
         if not image and sampler.keyframes_only:
             cc.skip_frame = "NONKEY"
+            dec.keep = True
         seen_packets = decoded_here = 0
         base = run.wall_start or 0.0
+        looked_t: float | None = None  # the latest frame time handed to the sampler
+        again_upto: float | None = None  # frames up to this time come again from a replay: looked at already
+        t_last: float | None = None
+
+        def emit(frames: Sequence[av.VideoFrame]) -> Iterator[SampledFrame]:
+            """Sample decoded frames; returns True when the source is done (an image, a live limit)."""
+            nonlocal decoded_here, looked_t
+            for frame in frames:
+                decoded_here += 1
+                run.frames += 1
+                if not live and decoded_here > cfg.max_frames_per_segment:
+                    raise MediaLimitError(f"{shown}: more than {cfg.max_frames_per_segment} frames")
+                if frame.width * frame.height > cfg.max_pixels:
+                    raise MediaLimitError(f"{shown}: frame size {frame.width}x{frame.height} is over the limit of {cfg.max_pixels} pixels")
+                if frame.pts is not None:
+                    rel = (frame.pts - (start or 0)) * tb
+                else:  # raw elementary streams may carry no timestamps: count frames
+                    rel = (decoded_here - 1) / rate if rate else 0.0
+                if not live and rel > cfg.max_segment_seconds:
+                    raise MediaLimitError(f"{shown}: media longer than {cfg.max_segment_seconds:g} s")
+                pts = t_offset + rel
+                if live and run.live_limit_s and pts > run.live_limit_s:
+                    return True
+                key = bool(frame.key_frame)
+                gap: float | None = None
+                if image:
+                    reason: SampleReason | None = "image"
+                    sampler.state.sampled += 1
+                else:
+                    t = base + pts
+                    if again_upto is not None and t <= again_upto:
+                        continue
+                    looked_t = t if looked_t is None else max(looked_t, t)
+                    if dec.keep:
+                        if key and frame.pts is not None:
+                            dec.keyframe_out(frame.pts)
+                        elif not key:
+                            _warn_once(f"noskip-{dec.ctx.name}", "%s: the %s decoder ignores skip_frame: sampling its "
+                                       "non-key frames every %g s", shown, dec.ctx.name, sampler.fill_s, level=logging.INFO)
+                    thumb = (frame.to_ndarray(format="gray", width=THUMB_SIZE, height=THUMB_SIZE, interpolation="AREA")
+                             if sampler.needs_thumb(t, key) else None)
+                    reason = sampler.decide(t, key, thumb)
+                    if reason is None:
+                        continue
+                    gap = round(sampler.gap, 6) if sampler.gap is not None else None
+                yield SampledFrame(
+                    stream_id=run.stream_id,
+                    index=run.index,
+                    pts=round(pts, 6),
+                    wall_clock=(run.wall_start + pts) if run.wall_start is not None else time.time(),
+                    keyframe=key,
+                    reason=reason,
+                    width=frame.width,
+                    height=frame.height,
+                    images={size: _scaled(frame, size) for size in run.sizes},
+                    full_rgb=_lazy_rgb(frame),
+                    gap_s=gap,
+                )
+                run.index += 1
+                if image:
+                    return True  # a still image is one frame
+            return False
+
+        def refill(why: str) -> Iterator[SampledFrame]:
+            """Decode every frame since the last keyframe produced; returns True when done."""
+            nonlocal again_upto
+            if (yield from emit(dec.drain())):
+                return True
+            level = logging.INFO if sampler.state.fallbacks == 1 else logging.DEBUG
+            log.log(level, "%s: %s: keyframes cannot keep a sample every %g s; decoding every frame from the last "
+                    "keyframe and sampling every %g s", shown, why, cfg.sampling.max_gap_s, sampler.fill_s)
+            again_upto = looked_t
+            for frames in dec.replay():
+                if (yield from emit(frames)):
+                    return True
+            return False
+
         packets = container.demux(vs)
         while True:
             if run.stopped():
@@ -397,7 +570,7 @@ def _decode_file(run: _Run, src: Source, *, t_offset: float = 0.0, live: bool = 
                                 shown, decoded_here, _why(exc))
                     break
                 if live and decoded_here and isinstance(exc, av.error.OSError) and exc.errno == 5:
-                    log.info("%s: end of stream (I/O error after %d frames)", shown, decoded_here)
+                    log.debug("%s: I/O error after %d frames: the publisher ended or dropped", shown, decoded_here)
                     break
                 raise _map_error(exc, shown, local=local) from exc
             if packet.pts is not None and packet.size and not image:
@@ -405,18 +578,28 @@ def _decode_file(run: _Run, src: Source, *, t_offset: float = 0.0, live: bool = 
                 if start is None:
                     start = packet.pts
                 t_pkt = t_offset + (packet.pts - start) * tb
+                if live:
+                    run.media_t, run.media_mono = max(run.media_t, t_pkt), time.monotonic()
+                t_last = base + t_pkt if t_last is None else max(t_last, base + t_pkt)
                 changed = sampler.on_packet(base + t_pkt, packet.is_keyframe)
+                if changed is None and dec.keep and dec.over_limits():
+                    sampler.start_fill()
+                    changed = "interval"
                 if changed == "interval":
-                    log.info("%s: no keyframe for %g s of stream time: sampling every %g s",
-                             shown, cfg.sampling.keyframe_fallback_s, cfg.sampling.interval_s)
-                    cc.skip_frame = "DEFAULT"
+                    if (yield from refill(f"no frame sampled for {base + t_pkt - _gap_ref(sampler):.1f} s")):
+                        return
                 elif changed == "keyframes":
-                    log.info("%s: keyframes are back: sampling keyframes again", shown)
-                    cc.skip_frame = "NONKEY"
+                    if (yield from emit(dec.drain())):
+                        return
+                    log.log(logging.INFO if sampler.state.fallbacks == 1 else logging.DEBUG,
+                            "%s: the decoder gives keyframes every %g s or less again: sampling keyframes",
+                            shown, cfg.sampling.max_gap_s)
+                    dec.fresh("NONKEY")
+                    dec.keep, again_upto = True, None
             elif packet.size:
                 seen_packets += 1
             try:
-                frames = packet.decode()
+                frames = dec.feed(packet)
             except av.error.FFmpegError as exc:
                 if hw and decoded_here == 0 and not isinstance(exc, av.error.InvalidDataError):
                     _warn_once("nvdec-decode", "NVDEC decode failed for %s (%s); decoding on the CPU", shown, _why(exc))
@@ -426,48 +609,17 @@ def _decode_file(run: _Run, src: Source, *, t_offset: float = 0.0, live: bool = 
                     log.debug("%s: undecodable packet skipped: %s", shown, _why(exc))
                     continue
                 raise _map_error(exc, shown, local=local) from exc
-            for frame in frames:
-                decoded_here += 1
-                run.frames += 1
-                if not live and decoded_here > cfg.max_frames_per_segment:
-                    raise MediaLimitError(f"{shown}: more than {cfg.max_frames_per_segment} frames")
-                if frame.width * frame.height > cfg.max_pixels:
-                    raise MediaLimitError(f"{shown}: frame size {frame.width}x{frame.height} is over the limit of {cfg.max_pixels} pixels")
-                if frame.pts is not None:
-                    rel = (frame.pts - (start or 0)) * tb
-                else:  # raw elementary streams may carry no timestamps: count frames
-                    rel = (decoded_here - 1) / rate if rate else 0.0
-                if not live and rel > cfg.max_segment_seconds:
-                    raise MediaLimitError(f"{shown}: media longer than {cfg.max_segment_seconds:g} s")
-                pts = t_offset + rel
-                if live and cfg.max_live_seconds and pts > cfg.max_live_seconds:
-                    return
-                key = bool(frame.key_frame)
-                if image:
-                    reason = "image"
-                    sampler.state.sampled += 1
-                else:
-                    t = base + pts
-                    thumb = (frame.to_ndarray(format="gray", width=THUMB_SIZE, height=THUMB_SIZE, interpolation="AREA")
-                             if sampler.needs_thumb(t, key) else None)
-                    reason = sampler.decide(t, key, thumb)
-                    if reason is None:
-                        continue
-                yield SampledFrame(
-                    stream_id=run.stream_id,
-                    index=run.index,
-                    pts=round(pts, 6),
-                    wall_clock=(run.wall_start + pts) if run.wall_start is not None else time.time(),
-                    keyframe=key,
-                    reason=reason,
-                    width=frame.width,
-                    height=frame.height,
-                    images={size: _scaled(frame, size) for size in run.sizes},
-                    full_rgb=_lazy_rgb(frame),
-                )
-                run.index += 1
-                if image:
-                    return  # a still image is one frame
+            if (yield from emit(frames)):
+                return
+        if image:
+            return
+        if (yield from emit(dec.drain())):
+            return
+        if t_last is not None and sampler.on_end(t_last):
+            if (yield from refill(f"the source ends {t_last - _gap_ref(sampler):.1f} s after the last sample")):
+                return
+            if (yield from emit(dec.drain())):
+                return
         if decoded_here == 0 and not live:
             if seen_packets == 0:
                 raise TruncatedMediaError(f"{shown}: the container holds no video packets")
@@ -560,84 +712,132 @@ def _fetch_playlist(run: _Run, src: Source) -> Playlist:
 
 
 def _decode_hls(run: _Run, src: Source) -> Iterator[SampledFrame]:
-    """Follow an HLS playlist: every segment of a VOD one; new segments of a live one until it
-    ends, stalls, or ``max_live_seconds`` pass.
+    """Follow an HLS playlist: every segment of a VOD one; new segments of a live one until the
+    broadcast ends.
 
     livemod reads the playlist itself instead of FFmpeg's hls demuxer so that every segment
     URI passes ``check_uri`` (a playlist cannot point at a metadata address or a local file
     outside the roots), and limits apply per segment. Segment times continue across segments
-    from the #EXTINF durations.
+    from the #EXTINF durations. A live playlist ends with #EXT-X-ENDLIST, the caller's stop,
+    its duration (``live_limit_s``), or ``live_idle_timeout_s`` without a new segment; a
+    playlist or segment that cannot be fetched meanwhile (a retriable error) is tried again
+    with backoff. Segments that left the playlist before they could be read count as stream
+    time (the target duration each), so the outage shows in ``gap_s``.
     """
-    cfg = run.config
+    cfg, rc = run.config, run.config.reconnect
     playlist = _fetch_playlist(run, src)
     if playlist.variants:  # master playlist: take the highest bandwidth variant
         src = _check_linked(max(playlist.variants)[1], src, cfg, "variant")
         playlist = _fetch_playlist(run, src)
-    done: set[int] = set()
+    done_upto: int | None = None  # media sequence number of the last segment read
     t_next = 0.0
     idle_since = time.monotonic()
+    backoff = rc.initial_s
+    trouble: str | None = None  # why the last fetch failed (None: all well)
     while True:
+        failed: str | None = None
         for seq, uri, dur in playlist.segments:
-            if seq in done:
+            if done_upto is not None and seq <= done_upto:
                 continue
-            if run.stopped():
+            if run.stopped() or (not playlist.ended and run.live_done()):
                 return
+            if done_upto is not None and seq > done_upto + 1:
+                missed = seq - done_upto - 1
+                t_next += missed * playlist.target
+                log.info("%s: %d segments left the playlist before they were read (about %.0f s of media missed)",
+                         src.display, missed, missed * playlist.target)
             seg = _check_linked(uri, src, cfg, "segment")  # a playlist cannot point anywhere a URI could not
             if seg.kind == "hls":
                 raise CorruptMediaError(f"{src.display}: segment {seg.display} is itself a playlist")
-            yield from _decode_segment(run, seg, t_offset=t_next)
+            try:
+                yield from _decode_segment(run, seg, t_offset=t_next)
+            except SourceUnavailableError as exc:
+                if playlist.ended:
+                    raise
+                failed = str(exc)
+                break
             t_next += dur
-            done.add(seq)
+            done_upto = seq
+            run.media_t = t_next
             idle_since = time.monotonic()
-        if playlist.ended or run.stopped():
+        if failed is None and playlist.ended:
             return
-        if cfg.max_live_seconds and t_next >= cfg.max_live_seconds:
+        if run.stopped() or run.live_done():
             return
-        if time.monotonic() - idle_since > max(3 * playlist.target, cfg.read_timeout_s):
-            log.info("%s: live playlist stalled for %.0f s; treating it as ended", src.display, time.monotonic() - idle_since)
+        quiet = time.monotonic() - idle_since
+        if quiet > cfg.live_idle_timeout_s:
+            log.info("%s: no new segment for %.0f s; the broadcast has ended", src.display, quiet)
             return
-        if run.wait(max(0.2, playlist.target / 2)):
+        if failed is not None:
+            if trouble is None:
+                log.info("%s: live playlist dropped (%s); trying again until %g s without media",
+                         src.display, failed, cfg.live_idle_timeout_s)
+            trouble = failed
+        if run.wait(backoff if trouble else max(0.2, playlist.target / 2)):
             return
-        playlist = _fetch_playlist(run, src)
+        try:
+            playlist = _fetch_playlist(run, src)
+        except SourceUnavailableError as exc:
+            if trouble is None:
+                log.info("%s: live playlist dropped (%s); trying again until %g s without media",
+                         src.display, exc, cfg.live_idle_timeout_s)
+            trouble = str(exc)
+            backoff = min(backoff * 2, rc.max_s)
+            continue
+        if failed is None:
+            if trouble is not None:
+                log.info("%s: live playlist is back", src.display)
+            trouble, backoff = None, rc.initial_s
+        else:
+            backoff = min(backoff * 2, rc.max_s)
 
 
 # ---- RTMP / RTSP -----------------------------------------------------------------------------
 
 
 def _decode_live(run: _Run, src: Source) -> Iterator[SampledFrame]:
-    """Follow an RTMP/RTSP stream until it ends; reconnect with exponential backoff when it drops.
+    """Follow an RTMP/RTSP stream until the broadcast ends; reconnect with backoff when it drops.
 
-    A clean end (EOF, or the I/O error RTMP reports when the publisher stops) ends the call.
-    A drop (refused, reset, timed out) reconnects after ``initial_s``, doubling up to
-    ``max_s``; ``max_attempts`` failed attempts in a row end the call (quietly when frames
-    were seen, else with SourceUnavailableError). The sampler state and the stream time
-    carry over the reconnects.
+    An RTMP publisher that stops and one that drops both end the connection with FFmpeg's
+    I/O error (errno 5), so an end of connection is never taken as the end of the broadcast:
+    the source is reconnected after ``initial_s``, doubling up to ``max_s``, until the caller
+    stops it, its duration (``live_limit_s``) is reached, or no media has come for
+    ``live_idle_timeout_s`` (then it ends quietly when frames were seen, else with
+    SourceUnavailableError); ``max_attempts`` (when set) also bounds the attempts in a row.
+    Each drop is logged once. The sampler state carries over, and the stream time runs on
+    through the outage, so the first frame after it shows the outage in ``gap_s``.
     """
-    rc = run.config.reconnect
-    attempt, backoff, t_offset = 0, rc.initial_s, 0.0
-    while not run.stopped():
+    cfg = run.config
+    rc, idle = cfg.reconnect, cfg.live_idle_timeout_s
+    attempt, backoff = 0, rc.initial_s
+    began = time.monotonic()
+    while not run.stopped() and not run.live_done():
         before = run.frames
+        t_offset = 0.0
+        if run.media_mono is not None:  # a reconnect: stream time goes on as wall time did
+            t_offset = run.media_t + (time.monotonic() - run.media_mono)
         try:
-            for frame in _decode_segment(run, src, t_offset=t_offset, live=True):
-                t_offset = max(t_offset, frame.pts)
-                yield frame
+            yield from _decode_segment(run, src, t_offset=t_offset, live=True)
         except SourceUnavailableError as exc:
             why = str(exc)
         else:
-            if run.frames > before:
-                log.info("%s: stream ended", src.display)
-                return
-            why = "connection closed before any frame"
+            why = "the connection ended"
+        if run.stopped() or run.live_done():
+            return
         if run.frames > before:
             attempt, backoff = 0, rc.initial_s
+            log.info("%s: live source dropped after %.1f s of media (%s); reconnecting until %g s without media",
+                     src.display, run.media_t, why, idle)
         attempt += 1
-        if rc.max_attempts and attempt > rc.max_attempts:
+        quiet = time.monotonic() - (run.media_mono if run.media_mono is not None else began)
+        if quiet >= idle or (rc.max_attempts and attempt > rc.max_attempts):
             if run.frames:
-                log.info("%s: gone after %d reconnect attempts; treating it as the end of the stream", src.display, attempt - 1)
+                log.info("%s: no media for %.0f s (%d reconnect attempts): the broadcast has ended",
+                         src.display, quiet, attempt - 1)
                 return
             raise SourceUnavailableError(f"{src.display}: no frames after {attempt - 1} reconnect attempts ({why})")
-        log.info("%s: %s; reconnecting in %.1f s (attempt %d)", src.display, why, backoff, attempt)
-        if run.wait(backoff):
+        log.debug("%s: %s; reconnecting in %.1f s (attempt %d)", src.display, why, backoff, attempt)
+        if run.wait(min(backoff, max(0.0, idle - quiet))):
             return
         backoff = min(backoff * 2, rc.max_s)
 
@@ -651,6 +851,7 @@ def decode(
     wall_start: float | None = None,
     state: SamplerState | None = None,
     stop: threading.Event | None = None,
+    duration_s: float | None = None,
 ) -> Iterator[SampledFrame]:
     """Sample frames from a media URI.
 
@@ -668,9 +869,13 @@ def decode(
             ``wall_start + pts`` (else the time of decoding).
         state: the stream's sampler state, carried across segments; mutated in place.
         stop: set it to end a live source early.
+        duration_s: a live source (RTMP/RTSP, live HLS) ends after this many media seconds
+            (the reference's duration); ``max_live_seconds`` applies too.
 
     Yields:
-        SampledFrame in PTS order; ``index`` counts from 0 for this call.
+        SampledFrame in PTS order; ``index`` counts from 0 for this call. No stretch of
+        stream time longer than ``config.sampling.max_gap_s`` passes without one (``gap_s``
+        says how long it was), except across a live outage.
 
     Raises:
         BadUriError, ForbiddenSourceError: the URI is refused (before or, for redirects and
@@ -681,6 +886,8 @@ def decode(
     """
     src = check_uri(uri, config)
     run = _Run(uri, stream_id, sizes, config, Sampler(config.sampling, state), wall_start, stop)
+    limits = [x for x in (config.max_live_seconds, duration_s) if x]
+    run.live_limit_s = min(limits) if limits else 0.0
     if src.kind == "hls":
         yield from _decode_hls(run, src)
     elif src.is_live:

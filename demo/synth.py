@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from fractions import Fraction
 from pathlib import Path
 
@@ -14,16 +14,18 @@ CODEC_OPTIONS = {
     "libx264": lambda g: {"preset": "ultrafast", "tune": "zerolatency", "x264-params": f"keyint={g}:min-keyint={g}:scenecut=0"},
     "libx265": lambda g: {"preset": "ultrafast", "x265-params": f"keyint={g}:min-keyint={g}:scenecut=0:log-level=error"},
     "libvpx-vp9": lambda g: {"deadline": "realtime", "cpu-used": "8", "g": str(g), "keyint_min": str(g)},
+    "libsvtav1": lambda g: {"preset": "12", "svtav1-params": f"keyint={g}:scd=0"},
     "mpeg4": lambda g: {"g": str(g)},
     "mjpeg": lambda g: {},
 }
-CODEC_ALIASES = {"h264": "libx264", "hevc": "libx265", "h265": "libx265", "vp9": "libvpx-vp9"}
+CODEC_ALIASES = {"h264": "libx264", "hevc": "libx265", "h265": "libx265", "vp9": "libvpx-vp9", "av1": "libsvtav1"}
 CONTAINER_BY_EXT = {".mp4": "mp4", ".ts": "mpegts", ".mkv": "matroska", ".webm": "webm", ".flv": "flv", ".avi": "avi"}
 
 
 def _encode(out: av.container.OutputContainer, frames: Iterable[np.ndarray], *, codec: str, fps: int, gop: int,
-            options: dict[str, str], pix_fmt: str) -> None:
-    """Add a video stream sized from the first frame (even dimensions) and encode every frame."""
+            options: dict[str, str], pix_fmt: str, keyframes: Collection[int] = ()) -> None:
+    """Add a video stream sized from the first frame (even dimensions) and encode every frame;
+    frames whose index is in ``keyframes`` are forced to be keyframes."""
     stream = None
     for i, rgb in enumerate(frames):
         if stream is None:
@@ -36,6 +38,8 @@ def _encode(out: av.container.OutputContainer, frames: Iterable[np.ndarray], *, 
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[: stream.height, : stream.width]), format="rgb24")
         frame.pts = i
         frame.time_base = Fraction(1, fps)
+        if i in keyframes:
+            frame.pict_type = av.video.frame.PictureType.I
         out.mux(stream.encode(frame))
     if stream is None:
         raise ValueError("no frames to write")
@@ -52,6 +56,7 @@ def write_video(
     container: str | None = None,
     options: dict[str, str] | None = None,
     pix_fmt: str | None = None,
+    keyframes: Collection[int] = (),
 ) -> Path:
     """Encode RGB frames into a file with a fixed GOP, so keyframes sit at 0, gop, 2*gop, ...
 
@@ -64,6 +69,7 @@ def write_video(
         container: FFmpeg muxer name; from the extension when None.
         options: encoder options replacing the defaults for the codec.
         pix_fmt: pixel format (yuv420p by default, yuvj420p for mjpeg).
+        keyframes: frame indices forced to be keyframes (IDR with libx264's ``forced-idr``).
     """
     path = Path(path)
     codec = CODEC_ALIASES.get(codec, codec)
@@ -72,7 +78,7 @@ def write_video(
     opts = options if options is not None else CODEC_OPTIONS.get(codec, lambda g: {})(gop)
     with av.open(str(tmp), "w", format=fmt) as out:
         _encode(out, frames, codec=codec, fps=fps, gop=gop, options=opts,
-                pix_fmt=pix_fmt or ("yuvj420p" if codec == "mjpeg" else "yuv420p"))
+                pix_fmt=pix_fmt or ("yuvj420p" if codec == "mjpeg" else "yuv420p"), keyframes=frozenset(keyframes))
     tmp.replace(path)
     return path
 
@@ -140,3 +146,35 @@ def pattern_frames(n: int, width: int = 320, height: int = 240, *, moving: bool 
         f = np.roll(big, shift, axis=1).copy()
         f[: height // 10, : int(width * (i % 30) / 30) + 1] = 255
         yield f
+
+
+# Clips that defeat keyframe-only sampling in different ways (decoders' coverage guarantee):
+# name -> (file name, fps, write_video keyword arguments). Every one has a real keyframe at 0.
+_IR = "scenecut=0:intra-refresh=1"
+COVERAGE_CASES: dict[str, tuple[str, int, dict]] = {
+    # x264 periodic intra refresh: one IDR, then recovery points that demuxers flag as keyframes
+    "x264-intra-refresh-ts": ("ir.ts", 25, {"codec": "libx264", "gop": 50, "options": {
+        "preset": "ultrafast", "x264-params": f"keyint=50:min-keyint=50:{_IR}"}}),
+    "x264-intra-refresh-mp4": ("ir.mp4", 25, {"codec": "libx264", "gop": 50, "options": {
+        "preset": "ultrafast", "x264-params": f"keyint=50:min-keyint=50:{_IR}"}}),
+    "x264-keyint250-25fps": ("k250.mp4", 25, {"codec": "libx264", "gop": 250}),  # a keyframe every 10 s
+    "hevc-open-gop": ("hevc_open.mkv", 25, {"codec": "libx265", "gop": 125, "options": {  # CRA every 5 s, B-frames
+        "preset": "ultrafast", "x265-params": "keyint=125:min-keyint=125:scenecut=0:open-gop=1:bframes=4:log-level=error"}}),
+    "vp9-5s": ("vp9.webm", 25, {"codec": "libvpx-vp9", "gop": 125}),  # VP9's decoder ignores skip_frame
+    "av1-5s": ("av1.mkv", 25, {"codec": "libsvtav1", "gop": 125}),  # libdav1d reads skip_frame only when it opens
+    # keyframes every second, none from 5 s to 12 s, then every second again
+    "x264-keyframes-stop-and-return": ("stop.mp4", 25, {"codec": "libx264", "gop": 1000, "keyframes": (
+        *range(0, 125, 25), *range(300, 1000, 25)), "options": {
+        "preset": "ultrafast", "forced-idr": "1", "x264-params": "keyint=1000:min-keyint=1000:scenecut=0"}}),
+}
+
+
+def write_coverage_clip(directory: Path | str, case: str, *, seconds: float = 16.0, width: int = 320,
+                        height: int = 180) -> Path:
+    """Encode one of ``COVERAGE_CASES`` (a small moving pattern) into ``directory``."""
+    name, fps, kw = COVERAGE_CASES[case]
+    n = round(seconds * fps)
+    kw = dict(kw)
+    if "keyframes" in kw:
+        kw["keyframes"] = [k for k in kw["keyframes"] if k < n]
+    return write_video(Path(directory) / name, pattern_frames(n, width, height), fps=fps, **kw)

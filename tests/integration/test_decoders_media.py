@@ -73,11 +73,18 @@ def test_intra_refresh_falls_back_to_interval(media):
     path = write_video(media / "ir.mp4", pattern_frames(60, 160, 120), fps=10, gop=1000,
                        options={"preset": "ultrafast", "x264-params": "keyint=1000:min-keyint=1000:scenecut=0:intra-refresh=1"})
     state = SamplerState()
-    cfg = cfg_for(media, sampling=SamplerConfig(keyframe_fallback_s=2.0, scene_threshold=0))
+    cfg = cfg_for(media, sampling=SamplerConfig(max_gap_s=2.0, scene_threshold=0, dup_max_distance=-1))
     frames = run(path, cfg, state=state)
     assert frames[0].reason == "keyframe"
-    assert [f.reason for f in frames[1:]] == ["interval"] * (len(frames) - 1) and len(frames) >= 4
-    assert state.mode == "interval" and state.fallbacks == 1
+    assert [f.reason for f in frames[1:]] == ["interval"] * (len(frames) - 1)
+    assert [f.pts for f in frames] == pytest.approx([0.0, 1.0, 2.0, 3.0, 4.0, 5.0], abs=0.01)  # the gap is filled
+    assert [f.gap_s for f in frames] == [None] + [pytest.approx(1.0, abs=0.01)] * 5
+    assert state.mode == "interval" and state.fallbacks == 1 and state.max_gap_s == pytest.approx(1.0, abs=0.01)
+    # the frames decoded again from the keyframe are the real pictures, not a decoder's guess over skipped references
+    with av.open(str(path)) as c:
+        full = {round(float(f.pts * f.time_base), 2): f.to_ndarray(format="rgb24") for f in c.decode(video=0)}
+    for f in frames:
+        assert np.abs(f.full_rgb().astype(int) - full[round(f.pts, 2)]).mean() < 1.0
 
 
 def test_static_scene_marked_duplicate_with_heartbeat(media):

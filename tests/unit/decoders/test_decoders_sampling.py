@@ -160,7 +160,8 @@ def test_sampling_table(cfg, frames, expected):
     "mode, state_kw, scene, t, is_key, want_decode, needs_thumb",
     [
         ("keyframes", {}, 30, 0.0, True, True, True),
-        ("keyframes", {}, 30, 0.5, False, False, False),
+        ("keyframes", {"last_sample_t": 0.0}, 30, 0.5, False, False, False),
+        ("keyframes", {"last_sample_t": 0.0}, 30, 1.0, False, False, True),  # a decoder that ignores skip_frame
         ("interval", {}, 30, 0.0, False, True, True),  # first frame: a slot is due
         ("interval", {"last_slot_t": 0.0}, 0, 0.5, False, True, False),  # not due, scene off: no thumbnail
         ("interval", {"last_slot_t": 0.0}, 30, 0.5, False, True, True),  # scene trigger needs every thumbnail
@@ -173,24 +174,94 @@ def test_want_decode_and_needs_thumb(mode, state_kw, scene, t, is_key, want_deco
     assert s.needs_thumb(t, is_key) == needs_thumb
 
 
+def _events(cfg: SamplerConfig, events, state=None):
+    """Feed packets ("p", t, key) and decoded frames ("f", t, key); note mode changes and samples."""
+    s = Sampler(cfg, state)
+    out = []
+    for kind, t, key in events:
+        if kind == "p":
+            if (c := s.on_packet(t, key)) is not None:
+                out.append((t, c))
+        elif kind == "end":
+            if s.on_end(t):
+                out.append((t, "fill"))
+        elif (r := s.decide(t, key, None)) is not None:
+            out.append((t, r, None if s.gap is None else round(s.gap, 3)))
+    return out, s
+
+
+def _gop(t0, t1, fps, keys, produced=None):
+    """Packets and (under NONKEY) the frames a decoder produces: keyframe packets at ``keys``
+    produce a frame only when in ``produced`` (default: all)."""
+    ev = []
+    for i in range(round(t0 * fps), round(t1 * fps)):
+        t = round(i / fps, 3)
+        key = t in keys
+        ev.append(("p", t, key))
+        if key and (produced is None or t in produced):
+            ev.append(("f", t, True))
+    return ev
+
+
+K = SamplerConfig(mode="keyframes", max_gap_s=3.0, interval_s=1.0)
+
+
 @pytest.mark.parametrize(
-    "fallback_s, packets, changes",
+    "cfg, events, expected",
     [
-        (3.0, [(0, True), (1, False), (2, False), (3, False), (4, False)], [(3, "interval")]),
-        (3.0, [(0, True), (1, False), (2, True), (4, False), (5, True)], []),  # keyframes keep coming
-        (2.0, [(0, False), (1, False), (2, False)], [(2, "interval")]),  # no keyframe at all from the start
-        # keyframes come back 1 s apart after the fallback: keyframe sampling resumes
-        (2.0, [(0, True), (1, False), (2, False), (5, True), (5.5, False), (6, True)], [(2, "interval"), (6, "keyframes")]),
-        # keyframes come back but too far apart: stay in interval mode
-        (2.0, [(0, True), (2, False), (5, True), (8, True)], [(2, "interval")]),
+        # keyframes every 2 s: keyframes only, gap 2 s, no fallback
+        (K, _gop(0, 5, 10, {0.0, 2.0, 4.0}), [(0.0, "keyframe", None), (2.0, "keyframe", 2.0), (4.0, "keyframe", 2.0)]),
+        # keyframe packets that produce nothing (x264 intra refresh in MPEG-TS): fall back once 3 s have passed
+        (K, _gop(0, 3.3, 10, {0.0, 1.0, 2.0, 3.0}, produced={0.0}), [(0.0, "keyframe", None), (3.1, "interval")]),
+        # the decoder may hold a keyframe back for a few packets: a keyframe packet just before the
+        # deadline postpones the fallback (here by DECODER_DELAY_PACKETS packets)
+        (K, _gop(0, 4.8, 10, {0.0, 2.9}, produced={0.0}), [(0.0, "keyframe", None), (4.5, "interval")]),
+        # keyframe packets every 0.5 s that produce nothing: seen to be blind, they postpone nothing
+        (K, _gop(0, 3.5, 10, {round(0.1 * i, 1) for i in range(0, 35, 5)}, produced={0.0}),
+         [(0.0, "keyframe", None), (3.1, "interval")]),
+        # a decoder that ignores skip_frame (VP9): its non-key frames are sampled every interval_s
+        (K, [("p", 0.0, True), ("f", 0.0, True)]
+         + [e for i in range(1, 25) for e in (("p", i / 10, False), ("f", i / 10, False))],
+         [(0.0, "keyframe", None), (1.0, "interval", 1.0), (2.0, "interval", 1.0)]),
+        # the source ends 3 s after the last sample: decode the tail
+        (K, _gop(0, 3.0, 10, {0.0}) + [("end", 3.0, False)], [(0.0, "keyframe", None), (3.0, "fill")]),
+        (K, _gop(0, 2.5, 10, {0.0}) + [("end", 2.4, False)], [(0.0, "keyframe", None)]),
+        # interval mode: max_gap_s caps interval_s
+        (SamplerConfig(mode="interval", interval_s=5.0, max_gap_s=2.0, dup_max_distance=-1),
+         [("f", t / 2, False) for t in range(9)], [(0.0, "interval", None), (2.0, "interval", 2.0), (4.0, "interval", 2.0)]),
+        # no packet for a while (a live outage): the gap shows on the next frame
+        (K, [("p", 0.0, True), ("f", 0.0, True), ("p", 9.0, True), ("f", 9.0, True)],
+         [(0.0, "keyframe", None), (9.0, "keyframe", 9.0)]),
     ],
 )
-def test_keyframe_fallback(fallback_s, packets, changes):
-    s = Sampler(SamplerConfig(mode="keyframes", keyframe_fallback_s=fallback_s))
-    got = [(t, c) for t, key in packets if (c := s.on_packet(t, key)) is not None]
-    assert got == changes
-    assert s.keyframes_only == (not changes or changes[-1][1] == "keyframes")
-    assert s.state.fallbacks == sum(c == "interval" for _, c in changes)
+def test_coverage_table(cfg, events, expected):
+    got, _ = _events(cfg, events)
+    assert got == expected
+
+
+def test_fill_continues_slots_from_the_last_sample_and_keyframes_come_back():
+    # keyframes every second, then none for 5 s, then every second again
+    ev = _gop(0, 4.1, 10, {0.0, 1.0, 2.0, 3.0, 4.0})
+    got, s = _events(K, ev)
+    assert s.keyframes_only and [g[0] for g in got] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    # the packets run on past 7.0 with no keyframe: fallback; the caller decodes every frame from 4.0 again
+    got, _ = _events(K, [("p", round(4.1 + i / 10, 1), False) for i in range(30)], s.state)
+    assert got == [(7.0, "interval")] and not s.keyframes_only
+    s2 = Sampler(K, s.state)
+    frames = [round(4.0 + i / 10, 1) for i in range(1, 90)]  # 4.1 .. 12.9, decoded in full
+    got = [(t, s2.decide(t, t in (10.0, 11.0, 12.0), None)) for t in frames]
+    samples = [(t, r) for t, r in got if r is not None]
+    assert [t for t, _ in samples] == [5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0]
+    assert s2.state.max_gap_s == pytest.approx(1.0)
+    # two keyframes 1 s apart came out of the decoder: keyframes mode at the next keyframe packet, not before
+    assert s2.on_packet(12.5, False) is None and s2.on_packet(13.0, True) == "keyframes" and s2.keyframes_only
+    assert s2.state.fallbacks == 1
+
+
+def test_keyframes_far_apart_keep_interval_mode():
+    s = Sampler(K, SamplerState(mode="interval", last_key_t=0.0))
+    assert s.decide(5.0, True, None) is not None  # 5 s after the last keyframe: not close enough
+    assert s.on_packet(6.0, True) is None and not s.keyframes_only
 
 
 def test_interval_mode_never_switches_to_keyframes():
@@ -210,6 +281,10 @@ def test_state_round_trip_carries_interval_and_hash():
 
 def test_state_from_dict_ignores_unknown_keys_and_checks_mode():
     assert SamplerState.from_dict({"mode": "interval", "future_field": 1}).mode == "interval"
+    old = {"mode": "keyframes", "last_emit_t": 5.0, "last_slot_t": None, "last_key_t": 5.0, "first_t": 0.0,  # before max_gap_s
+           "last_hash": None, "last_thumb": None, "decoded": 3, "sampled": 3, "skipped_dup": 0, "fallbacks": 0}
+    state = SamplerState.from_dict(old)
+    assert state.max_gap_s == 0.0 and state.last_sample_t is None and state.decoded == 3
     with pytest.raises(ValueError):
         SamplerState.from_dict({"mode": "everything"})
 
