@@ -15,6 +15,22 @@ from livemod.core.types import Resize
 CARDS_DIR = Path(__file__).parent / "cards"
 
 
+class Int8Variant(BaseModel):
+    """An INT8 copy of the model for ONNX Runtime on the CPU, derived by `livemod models prepare`.
+
+    Same name, labels and pre-processing as its card; its own file, sha256 and version. Whether
+    ``precision: auto`` uses it depends on the accuracy check against FP32 that prepare records
+    beside the file (engines/quantize.py).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str
+    file: str = Field(description="ONNX file name, relative to the model cache folder")
+    sha256: str | None = Field(default=None, description="sha256 of the INT8 file on the machine that pinned it")
+    keep_float: tuple[str, ...] = Field(default=(), description="node names of the FP32 graph left unquantized")
+
+
 class ModelCard(BaseModel):
     """One model, as the engines need to know it.
 
@@ -48,6 +64,7 @@ class ModelCard(BaseModel):
     logits: str = "logits"
     cams: str = "cams"
     source: str = Field(default="", description="where the weights come from, and their licence")
+    int8: Int8Variant | None = Field(default=None, description="the INT8 precision variant, if any")
 
     @model_validator(mode="after")
     def _check(self) -> "ModelCard":
@@ -84,6 +101,13 @@ class ModelCard(BaseModel):
             return (self.labels.index(label),)
         except ValueError:
             raise ConfigError(f"model {self.name!r} has no label or group {label!r}") from None
+
+    def at_int8(self) -> "ModelCard":
+        """This card for its INT8 variant: same name (policies keep naming it), its own file, sha256, version."""
+        if self.int8 is None:
+            raise ConfigError(f"model card {self.name!r} has no int8 variant")
+        v = self.int8
+        return self.model_copy(update={"file": v.file, "sha256": v.sha256, "version": v.version, "int8": None})
 
     def path(self, cache_dir: Path) -> Path:
         return Path(cache_dir) / self.file

@@ -1,7 +1,9 @@
 """`livemod models prepare`: derive the shipped models, with a `cams` output, from installed packages.
 
 No network and no torch: Open-NSFW's ONNX graph gets its class-map output added; the
-EfficientNet-Lite0 graph is rebuilt with onnx.helper from the state dict in the wheel.
+EfficientNet-Lite0 graph is rebuilt with onnx.helper from the state dict in the wheel. A card
+with an ``int8`` variant also gets an INT8 copy (engines/quantize.py), calibrated on the photos
+that scikit-image and matplotlib ship and checked against FP32; the check is recorded beside it.
 Every file is written atomically and checked against its card's sha256.
 """
 
@@ -18,7 +20,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper
 
-from livemod.core.errors import ModelError
+from livemod.core.errors import InferenceError, ModelError
 from livemod.engines.card import ModelCard, load_cards, sha256_file
 from livemod.engines.onnx_graph import GraphBuilder, add_cam_outputs, check, fold_bn, name_batch_dim
 from livemod.engines.torchfile import load_state_dict
@@ -194,6 +196,7 @@ def prepare_models(
     names: Sequence[str] | None = None,
     *,
     force: bool = False,
+    int8: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Path]:
     """Derive the shipped models into ``cache_dir``; files that already match their card are kept.
@@ -208,10 +211,12 @@ def prepare_models(
         cache_dir: the model cache folder (settings: ``engines.models_dir``).
         names: the models to prepare; None for every shipped one.
         force: rebuild even when the file matches its card.
+        int8: also derive each card's INT8 variant and record its check against FP32 (skipped,
+            with a log line, where no calibration photos are installed).
         log: receives one progress line per step.
 
     Returns:
-        model name -> prepared ONNX path.
+        model name -> prepared FP32 ONNX path (the INT8 paths are in the log).
 
     Raises:
         ModelError: an unknown name, a failed build, or a result that fails its functional check.
@@ -224,33 +229,123 @@ def prepare_models(
         raise ModelError(f"no builder for model(s) {', '.join(map(repr, unknown))} (shipped: {', '.join(BUILDERS)})",
                          reason="model_missing")
     out: dict[str, Path] = {}
+    photos: list[tuple[str, np.ndarray]] | None = None
     for name in wanted:
         card = cards[name]
         path = card.path(cache_dir)
         out[name] = path
-        if not force and _is_current(card, cache_dir):
-            continue
-        t0 = time.perf_counter()
-        log(f"preparing {name} -> {path} ...")
-        data = _serialise(BUILDERS[name](card))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-        sidecar = path.with_name(path.name + ".sha256")
-        try:
-            tmp.write_bytes(data)
-            digest = sha256_file(tmp)
-            if card.sha256 and digest != card.sha256:
-                check_model(card, tmp)
-                log(f"warning: {name} has sha256 {digest[:12]}..., card says {card.sha256[:12]}...; "
-                    "it passed the functional check, so it is kept")
-                sidecar.write_text(digest + "\n")
-            else:
-                sidecar.unlink(missing_ok=True)
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        log(f"prepared {name} in {time.perf_counter() - t0:.1f} s (sha256 {digest[:12]}...)")
+        if force or not _is_current(card, cache_dir):
+            t0 = time.perf_counter()
+            log(f"preparing {name} -> {path} ...")
+            data = _serialise(BUILDERS[name](card))
+            digest = _install(path, data, card.sha256, lambda tmp, c=card: check_model(c, tmp), name, log)
+            log(f"prepared {name} in {time.perf_counter() - t0:.1f} s (sha256 {digest[:12]}...)")
+        if int8 and card.int8 is not None:
+            if photos is None:
+                from livemod.engines.quantize import sample_photos
+
+                photos = sample_photos()
+            prepare_int8(card, cache_dir, photos, force=force, log=log)
     return out
+
+
+def _install(path: Path, data: bytes, sha256: str | None, check: Callable[[Path], None], name: str,
+             log: Callable[[str], None]) -> str:
+    """Write ``data`` beside ``path`` and rename it into place; returns its sha256.
+
+    Bytes that differ from the pinned ``sha256`` must pass ``check`` (it raises otherwise); their
+    digest then goes into ``<file>.sha256``, which ``ModelCard.verify_file`` also accepts.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    sidecar = path.with_name(path.name + ".sha256")
+    try:
+        tmp.write_bytes(data)
+        digest = sha256_file(tmp)
+        if sha256 and digest != sha256:
+            check(tmp)
+            log(f"warning: {name} has sha256 {digest[:12]}..., card says {sha256[:12]}...; "
+                "it passed the functional check, so it is kept")
+            sidecar.write_text(digest + "\n")
+        else:
+            sidecar.unlink(missing_ok=True)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return digest
+
+
+def prepare_int8(
+    card: ModelCard,
+    cache_dir: Path,
+    photos: Sequence[tuple[str, np.ndarray]],
+    *,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+) -> Path | None:
+    """Derive the card's INT8 variant from its prepared FP32 file and record the check against FP32.
+
+    The INT8 file is pinned by the variant's sha256 where the bytes reproduce (ranges are
+    rounded, so they do on the machines measured); other bytes are kept when the model loads and
+    runs (``ModelError`` otherwise), and ``precision: auto`` then goes by the recorded check
+    (``<file>.check.json``, tied to the file's sha256) rather than by the digest.
+
+    Args:
+        card: an FP32 card with an ``int8`` variant, already prepared in ``cache_dir``.
+        photos: (name, RGB uint8) calibration and check photos (``quantize.sample_photos``).
+
+    Returns:
+        The INT8 path, or None when there are no photos to calibrate on.
+    """
+    from livemod.engines.quantize import (
+        calibration_frames,
+        check_frames,
+        check_int8,
+        check_path,
+        quantize_int8,
+        quantizer_supported,
+        read_check,
+    )
+
+    if card.int8 is None:
+        raise ModelError(f"model card {card.name} has no int8 variant", reason="bad_config")
+    variant = card.at_int8()
+    fp32, path = card.path(cache_dir), variant.path(cache_dir)
+    label = f"{card.name} INT8"
+    current = not force and _is_current(variant, cache_dir)
+    if current and read_check(path) is not None:
+        return path
+    if not photos:
+        log(f"skipping {label}: no calibration photos installed (scikit-image / matplotlib: pip install livemod[demo])")
+        return None
+    if not current and not quantizer_supported():
+        log(f"skipping {label}: this onnxruntime cannot quantize from rounded ranges (needs quantize_static's "
+            "calibration_cache_path, onnxruntime 1.32 has it)")
+        return None
+    frames = check_frames(photos)
+    if not current:
+        t0 = time.perf_counter()
+        log(f"preparing {label} -> {path} (static QDQ, per-channel weights, {len(photos)} photos) ...")
+        model = quantize_int8(card, onnx.load(str(fp32)), calibration_frames(photos),
+                              exclude_nodes=card.int8.keep_float, log=log)
+
+        def loads(tmp: Path) -> None:
+            try:
+                check_int8(card, fp32, tmp, frames[:2])
+            except InferenceError as exc:
+                raise ModelError(f"{label} does not run: {exc}", reason="model_mismatch") from exc
+
+        digest = _install(path, _serialise(model), card.int8.sha256, loads, label, log)
+        log(f"prepared {label} in {time.perf_counter() - t0:.1f} s (sha256 {digest[:12]}...)")
+    report = check_int8(card, fp32, path, frames)
+    target = check_path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    tmp.write_text(report.to_json(sha256_file(path)))
+    tmp.replace(target)
+    log(f"{label} against FP32: {report.summary()}")
+    if report.changed:
+        log(f"  top class changed on: {', '.join(report.changed)}")
+    return path
 
 
 def check_model(card: ModelCard, path: Path) -> None:

@@ -47,7 +47,7 @@ def test_prepared_files_match_cards(models_dir, cards, name):
 
 def test_prepare_reproduces_the_card_digests(tmp_path, cards):
     """A fresh build, here and now, gives byte-identical files (no `.sha256` side file needed)."""
-    paths = prepare_models(tmp_path, force=True, log=lambda _m: None)
+    paths = prepare_models(tmp_path, force=True, int8=False, log=lambda _m: None)  # INT8: test_engines_int8.py
     for name, path in paths.items():
         assert sha256_file(path) == cards[name].sha256, name
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(c.file for c in cards.values())
