@@ -97,7 +97,8 @@ def describe_precision(cards: Mapping[str, ModelCard], cache_dir: Path, requeste
             parts.append(f"{name} ERROR ({exc})")
         else:
             parts.append(f"{name} {c.precision.upper()} ({c.reason})")
-    return f"CPU precision (precision={requested}; TensorRT always runs FP32): {'; '.join(parts)}"
+    trt = "TensorRT refuses int8" if requested == "int8" else "TensorRT runs FP32"
+    return f"CPU precision (precision={requested}; {trt}): {'; '.join(parts)}"
 
 
 def load_classifier(

@@ -306,7 +306,7 @@ class Int8Report:
 
     def brief(self) -> str:
         return (f"same top class on {self.same_top:.0%} of {self.n} frames, "
-                f"max |dp| {self.max_prob_diff:.3f}, CAM r {self.cam_corr_mean:.3f}")
+                f"max prob diff {self.max_prob_diff:.3f}, CAM r {self.cam_corr_mean:.3f}")
 
     def summary(self) -> str:
         verdict = "ok" if self.ok() else (f"FAILS the check (needs >= {MIN_SAME_TOP:.0%} same top class "
