@@ -240,13 +240,21 @@ def prepare_models(
             data = _serialise(BUILDERS[name](card))
             digest = _install(path, data, card.sha256, lambda tmp, c=card: check_model(c, tmp), name, log)
             log(f"prepared {name} in {time.perf_counter() - t0:.1f} s (sha256 {digest[:12]}...)")
-        if int8 and card.int8 is not None:
+        if int8 and card.int8 is not None and (force or not _int8_ready(card, cache_dir)):
             if photos is None:
                 from livemod.engines.quantize import sample_photos
 
                 photos = sample_photos()
             prepare_int8(card, cache_dir, photos, force=force, log=log)
     return out
+
+
+def _int8_ready(card: ModelCard, cache_dir: Path) -> bool:
+    """The INT8 variant matches its card (or side file) and its check against FP32 is recorded."""
+    from livemod.engines.quantize import read_check
+
+    variant = card.at_int8()
+    return _is_current(variant, cache_dir) and read_check(variant.path(cache_dir)) is not None
 
 
 def _install(path: Path, data: bytes, sha256: str | None, check: Callable[[Path], None], name: str,
