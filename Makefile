@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup models clean
+.PHONY: demo test setup models system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,13 @@ models: $(STAMP)
 demo: models
 	$(VENV)/bin/livemod demo
 
-test: models
+# Debian's ffmpeg is the real RTMP server of the live-source tests; they skip, saying so, without it.
+system-deps:
+	@command -v ffmpeg >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; } || \
+		echo "ffmpeg is not installed and cannot be installed here: the RTMP tests will skip"
+
+test: models system-deps
 	$(PY) -m pytest -q
 
 clean:

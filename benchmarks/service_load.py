@@ -31,8 +31,8 @@ from livemod.demo.synth import write_hls
 from livemod.demo.broker import EmbeddedBroker, free_port
 from livemod.demo.scene import Scene, broadcast_frames
 from livemod.demo.service import quantile, scrape, start_worker, http_get
-from livemod.stream.schemas import FrameRef
-from livemod.stream.service import create_topics, service_topics
+from livemod.stream.records import FrameRef
+from livemod.stream.topics import create_topics
 from livemod.stream.settings import Settings
 
 
@@ -94,7 +94,7 @@ def run_once(broker: EmbeddedBroker, base: Settings, segs: dict[str, list[Path]]
         "decoder": base.decoder.model_copy(update={"file_roots": (tmp.resolve(),)}),
         "worker": base.worker.model_copy(update={"web_port": free_port(), "max_in_flight": 16, "id": tag}),
     })
-    asyncio.run(create_topics(broker.bootstrap, service_topics(s)))
+    asyncio.run(create_topics(s))
     worker = start_worker(s, tmp / f"worker-{tag}.log")
     url = f"http://127.0.0.1:{s.worker.web_port}"
     try:

@@ -112,7 +112,7 @@ def main() -> int:
 
     from livemod.rules.evaluate import StreamState
     from livemod.stream.pipeline import Moderator
-    from livemod.stream.schemas import FrameRef
+    from livemod.stream.records import FrameRef
     from livemod.stream.settings import Settings
 
     s = Settings()

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from livemod.demo.synth import write_hls
 from livemod.demo.scene import Scene, broadcast_frames
-from livemod.stream.schemas import FrameRef
+from livemod.stream.records import FrameRef
 
 log = logging.getLogger(__name__)
 

@@ -113,7 +113,7 @@ async def _consume(bootstrap: str, topic: str, printer: Any, stop: asyncio.Event
 async def _main(settings: Settings, out: Path, seconds: float, streams: int) -> int:
     from livemod.engines.prepare import prepare_models
     from livemod.demo.ingest import default_streams, publish_refs, write_segments
-    from livemod.stream.service import create_topics, service_topics
+    from livemod.stream.topics import create_topics
 
     out.mkdir(parents=True, exist_ok=True)
     say("== livemod demo: the service on the embedded broker ==")
@@ -138,7 +138,7 @@ async def _main(settings: Settings, out: Path, seconds: float, streams: int) -> 
             "engines": settings.engines.model_copy(update={"models_dir": settings.engines.models_dir.resolve()}),
             "decoder": settings.decoder.model_copy(update={"file_roots": (*settings.decoder.file_roots, seg_dir.resolve())}),
         })
-        await create_topics(broker.bootstrap, service_topics(s))
+        await create_topics(s)
         worker = start_worker(s, out / "worker.log")
         base = f"http://127.0.0.1:{web_port}"
         say(f"worker started (pid {worker.pid}); metrics on {base}/metrics, health on {base}/health")
@@ -237,7 +237,7 @@ async def _main(settings: Settings, out: Path, seconds: float, streams: int) -> 
 
 
 def frame_ref_bytes(stream_id: str, uri: str) -> bytes:
-    from livemod.stream.schemas import FrameRef
+    from livemod.stream.records import FrameRef
 
     return FrameRef(stream_id=stream_id, uri=uri, seq=0).to_bytes()
 

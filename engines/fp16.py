@@ -110,9 +110,12 @@ def check_fp16(card: ModelCard, fp32_path: Path, fp16_path: Path, images: Sequen
 
 
 def fp16_card(card: ModelCard, fp16_file: Path) -> ModelCard:
-    """The card for the FP16 copy: same name (policies keep working), its own file, sha256 and version."""
+    """The card for the FP16 copy: same name (policies keep working), its own file, sha256 and version.
+
+    The FP32 card's INT8 copy does not carry over: on a CPU it would be chosen over the FP16 file.
+    """
     return card.model_copy(update={"file": fp16_file.name, "sha256": sha256_file(fp16_file),
-                                   "version": f"{card.version}+fp16"})
+                                   "version": f"{card.version}+fp16", "int8": None})
 
 
 def write_card(card: ModelCard, path: Path) -> Path:

@@ -91,6 +91,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     missing = [c.name for c in cards.values() if not c.path(s.engines.models_dir).is_file()]
     print(f"settings: ok (engine={s.engines.engine}, models_dir={s.engines.models_dir})")
     print(f"model cards: {', '.join(sorted(cards))}")
+    from livemod.engines.backend import describe_precision
+
+    print(describe_precision(cards, s.engines.models_dir, s.engines.precision))
     print(f"policies: {', '.join(f'{p.name} ({len(p.rules)} rules)' for p in policies.values())}")
     if missing:
         print(f"models not prepared yet: {', '.join(missing)} (run `livemod models prepare`)")
@@ -120,26 +123,28 @@ def moderate_uris(settings: Settings, uris: Sequence[str], *, stream_id: str | N
     """Run the in-process pipeline over URIs; alerts go to stdout as JSON lines. Returns (summary, exit code)."""
     from livemod.rules.evaluate import StreamState
     from livemod.stream.pipeline import Moderator
-    from livemod.stream.schemas import FrameRef
+    from livemod.stream.records import FrameRef
 
     moderator = Moderator(settings)
     _err(f"backend: {moderator.choice.backend} ({moderator.choice.reason}); models: {', '.join(moderator.models)}")
     progress = Progress()
     summary: dict[str, Any] = {"inputs": len(uris), "failed": [], "frames": 0, "alerts": 0, "reviews": 0,
-                               "alerts_needing_recheck": 0, "rechecks": 0, "seconds": 0.0}
+                               "alerts_needing_recheck": 0, "rechecks": 0, "seconds": 0.0, "max_gap_s": {}}
     t0 = time.monotonic()
     for n, uri in enumerate(uris):
         sid = stream_id or Path(uri).stem or f"stream-{n}"
         live = uri.split(":", 1)[0] in ("rtmp", "rtmps", "rtsp")
         ref = FrameRef(stream_id=sid, uri=uri, kind="live" if live else "segment", seq=n, wall_start=time.time())
         try:
-            for _frame, scores, decision, _state in moderator.moderate(ref, StreamState(), batch=1 if live else None):
+            for frame, scores, decision, _state in moderator.moderate(ref, StreamState()):
                 progress.frames += 1
+                if frame.gap_s is not None:  # stream time since the previous sampled frame
+                    summary["max_gap_s"][uri] = round(max(summary["max_gap_s"].get(uri, 0.0), frame.gap_s), 3)
                 progress.rechecks += sum(len(fs.rechecks) for fs in scores.values())
                 for alert in decision.alerts:
                     progress.alerts += 1
-                    summary["alerts_needing_recheck"] += bool(alert.get("recheck_used"))
-                    print(json.dumps(alert, sort_keys=True), flush=True)
+                    summary["alerts_needing_recheck"] += alert.recheck_used
+                    print(alert.model_dump_json(), flush=True)
                 summary["reviews"] += len(decision.reviews)
                 progress.tick(sid)
         except LivemodError as exc:
@@ -175,6 +180,46 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(_settings(args))
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from livemod.stream.evaluate import evaluate_command
+
+    return evaluate_command(_settings(args), args.labels, policy=args.policy, json_path=args.json,
+                            plots_dir=args.plots, thresholds=args.thresholds, slack_s=args.slack)
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from livemod.stream.docs import write_docs
+    from livemod.stream.records import json_schemas
+
+    if args.out:
+        for path in write_docs(Path(args.out)):
+            print(path)
+        return EXIT_OK
+    print(json.dumps(json_schemas(), indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from livemod.stream.docs import settings_markdown
+
+    print(settings_markdown(), end="")
+    return EXIT_OK
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from livemod.stream.topics import check_topics
+
+    s = _settings(args)
+    report = asyncio.run(check_topics(s, create=args.topics_command == "create"))
+    for name, count in report.counts.items():
+        print(f"{name}\t{count if count is not None else 'missing'} partitions")
+    for problem in report.problems:
+        _err(f"problem: {problem}")
+    return EXIT_OK if report.ok else EXIT_FATAL
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="livemod", description="Streaming video moderation for live broadcasts.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -188,6 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-evidence", action="store_true", help="do not write evidence images")
     _add_common(m)
     m.set_defaults(func=cmd_moderate)
+
+    e = sub.add_parser("evaluate", help="run a policy over labelled videos; a report to choose thresholds by")
+    e.add_argument("labels", help="labels file: JSON, or CSV by extension (see stream/evaluate.py)")
+    e.add_argument("--policy", help="policy name (default: settings' default policy)")
+    e.add_argument("--json", help="write the full report to this JSON file")
+    e.add_argument("--plots", help="folder for PNG plots (PR curve per label, scores over time per video)")
+    e.add_argument("--thresholds", help="comma-separated frame-level thresholds (default 0.1,0.2,...,0.9)")
+    e.add_argument("--slack", type=float, default=0.0, help="seconds an alert may start outside its shot")
+    _add_common(e)
+    e.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("demo", help="the sample broadcast: the service on the bundled broker (or --no-broker)")
     d.add_argument("--no-broker", action="store_true", help="run the pipeline in-process, without a broker")
@@ -204,6 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--policy", help="default policy to check for")
     _add_common(c)
     c.set_defaults(func=cmd_check_config)
+
+    sc = sub.add_parser("schemas", help="JSON schemas of every record on the wire (stdout, or files with --out)")
+    sc.add_argument("--out", help="write docs/settings.md-style files: OUT/settings.md and OUT/schemas/*.schema.json")
+    sc.set_defaults(func=cmd_schemas)
+
+    st = sub.add_parser("settings", help="every setting with its LIVEMOD_* environment variable, as Markdown")
+    st.set_defaults(func=cmd_settings)
+
+    tp = sub.add_parser("topics", help="create the service topics, or check their partition counts")
+    tp.add_argument("topics_command", choices=["create", "check"])
+    tp.set_defaults(func=cmd_topics)
 
     models = sub.add_parser("models", help="model preparation")
     msub = models.add_subparsers(dest="models_command", required=True)

@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 3.5, 4, 5, 6, 8, 10, 13, 21, 34, 60)
 FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+GAP_BUCKETS = (0.1, 0.25, 0.5, 1, 1.5, 2, 2.5, 3, 4, 5, 8, 10, 15, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
 
 
@@ -39,6 +40,15 @@ class Metrics:
         self.lag = Gauge("livemod_consumer_lag", "highwater minus committed offset", ["topic", "partition"], registry=r)
         self.backend = Gauge("livemod_engine_backend", "1 for the backend in use", ["backend", "reason"], registry=r)
         self.ready = Gauge("livemod_ready", "1 when partitions are assigned and models loaded", registry=r)
+        self.partitions_blocked = Gauge("livemod_partitions_blocked",
+                                        "partitions paused because a dead letter cannot be sent", registry=r)
+        self.dlq_send_failures = Counter("livemod_dlq_send_failures", "dead-letter sends that failed (retried)",
+                                         registry=r)
+        self.streams_active = Gauge("livemod_streams_active", "streams with a reference in the last minute", registry=r)
+        self.live_chunks = Counter("livemod_live_chunks", "live references continued by a new reference", registry=r)
+        self.sample_gap = Histogram("livemod_sample_gap_seconds",
+                                    "stream time between consecutive sampled frames of a stream",
+                                    buckets=GAP_BUCKETS, registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

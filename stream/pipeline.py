@@ -7,13 +7,16 @@ streams between ``decode`` and ``judge`` while keeping each stream's order.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import AsyncIterator, Awaitable, Callable, Iterator, Sequence, cast
 
 from livemod.decoders.pyav import decode
 from livemod.decoders.sampling import SamplerState
@@ -27,8 +30,8 @@ from livemod.rules.evaluate import StreamState, end_stream, evaluate
 from livemod.rules.evidence import audit_pick, write_evidence
 from livemod.rules.policy import Policy, load_policies, validate_against_cards
 from livemod.rules.types import Alert, Observation
-from livemod.core.errors import ConfigError, MessageError
-from livemod.stream.schemas import FrameRef
+from livemod.core.errors import ConfigError, LivemodError, MessageError
+from livemod.stream.records import AlertRecord, AuditSample, FrameRef, IncidentClosed, ReviewBand, build_review
 from livemod.stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,19 +39,51 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Decision:
-    """What judging one frame produced.
+    """What judging one frame (or an end marker) produced.
 
     Attributes:
-        alerts: alert records ready to publish (JSON-safe dicts, evidence paths filled).
-        reviews: review-queue records: frames in the review band ("review_band"), audit
-            samples of frames that raised nothing ("audit"), and closed incidents
-            ("incident_closed", with the alert id).
-        closed: ids of incidents that closed on this frame.
+        alerts: alert records ready to publish (evidence written).
+        reviews: review-queue records: frames in the review band, audit samples of frames
+            that raised nothing, and closed incidents (with the alert id and why).
+        closed: ids of incidents that closed.
     """
 
-    alerts: list[dict[str, Any]] = field(default_factory=list)
-    reviews: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[AlertRecord] = field(default_factory=list)
+    reviews: list[ReviewBand | AuditSample | IncidentClosed] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Progress:
+    """A stream's state while one of its references is handled; the caller saves it afterwards.
+
+    ``run`` updates it frame by frame, so after a failure it holds what was judged so far.
+    """
+
+    rules: StreamState = field(default_factory=StreamState)
+    sampler: SamplerState | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One judged frame of a reference (``frame`` is None for an end marker)."""
+
+    frame: SampledFrame | None
+    scores: dict[str, FrameScores]
+    decision: Decision
+    state: StreamState
+
+
+Submit = Callable[[SampledFrame, Policy], Awaitable[dict[str, FrameScores]]]
+"""Scores one frame under a policy: a direct in-process call (CLI) or the cross-stream batcher (worker)."""
+
+
+@dataclass
+class _Fail:
+    exc: BaseException
+
+
+_END = object()
 
 
 def frame_id(ref: FrameRef, frame: SampledFrame) -> str:
@@ -89,6 +124,7 @@ class Moderator:
                 opt_batch=e.opt_batch,
                 workspace_mb=e.workspace_mb,
                 engine_cache_dir=e.engine_cache_dir,
+                precision=e.precision,
             )
             for name in self.models
         }
@@ -157,6 +193,7 @@ class Moderator:
             wall_start=ref.wall_start,
             state=state,
             stop=stop,
+            duration_s=ref.duration if ref.kind == "live" else None,
         )
 
     def score(self, items: Sequence[tuple[SampledFrame, Policy]]) -> list[dict[str, FrameScores]]:
@@ -204,17 +241,18 @@ class Moderator:
         state, verdicts = evaluate(state, obs, policy)
         decision = Decision()
         now = decided_at if decided_at is not None else time.time()
+        here = dict(frame_id=fid, pts=frame.pts, wall_clock=frame.wall_clock, policy=policy.name, scores=scores)
         for verdict in verdicts:
             if verdict.kind == "alert" and verdict.alert is not None:
                 decision.alerts.append(self._alert_record(verdict.alert, ref, frame, scores, policy, now))
             elif verdict.kind == "review":
-                decision.reviews.append(self._review_record("review_band", ref, frame, scores, policy, verdict.rule))
+                decision.reviews.append(build_review("review_band", ref, rule=verdict.rule, **here))
             elif verdict.kind == "close" and verdict.alert_id:
                 decision.closed.append(verdict.alert_id)
-                closed = self._review_record("incident_closed", ref, frame, scores, policy, verdict.rule)
-                decision.reviews.append({**closed, "alert_id": verdict.alert_id, "close_reason": verdict.reason})
+                decision.reviews.append(build_review("incident_closed", ref, rule=verdict.rule, alert_id=verdict.alert_id,
+                                                     close_reason=verdict.reason, **here))
         if not verdicts and not replay and policy.audit_fraction > 0 and audit_pick(fid, policy.audit_fraction):
-            decision.reviews.append(self._review_record("audit", ref, frame, scores, policy, None))
+            decision.reviews.append(build_review("audit", ref, rule=None, **here))
         return state, decision
 
     def end(self, state: StreamState, ref: FrameRef, policy: Policy) -> tuple[StreamState, Decision]:
@@ -226,11 +264,10 @@ class Moderator:
         for verdict in verdicts:
             if verdict.alert_id:
                 decision.closed.append(verdict.alert_id)
-                closed = self._record("incident_closed", ref, fid, None, ended_at, {}, policy, verdict.rule)
-                decision.reviews.append({**closed, "alert_id": verdict.alert_id, "close_reason": verdict.reason})
+                decision.reviews.append(build_review(
+                    "incident_closed", ref, frame_id=fid, pts=None, wall_clock=ended_at, policy=policy.name,
+                    rule=verdict.rule, alert_id=verdict.alert_id, close_reason=verdict.reason))
         return state, decision
-
-    # ---- records -----------------------------------------------------------------------
 
     def _alert_record(
         self,
@@ -240,7 +277,7 @@ class Moderator:
         scores: dict[str, FrameScores],
         policy: Policy,
         now: float,
-    ) -> dict[str, Any]:
+    ) -> AlertRecord:
         evidence: dict[str, str] = {}
         if self.settings.rules.write_evidence:
             # the image shows this frame, so its score and re-check box too (the alert's own
@@ -260,54 +297,112 @@ class Moderator:
                 Path(self.settings.rules.evidence_dir), alert.id, full, cam, rc.box if rc else None, caption,
                 cam_region=region,
             )
-        record = alert.to_dict()
-        record["evidence"] = evidence
-        record["source"] = {"uri": ref.uri, "seq": ref.seq, "kind": ref.kind, "metadata": dict(ref.metadata)}
-        record["tenant"] = ref.tenant
-        record["backend"] = self.choice.backend
-        record["latency"] = {
-            "decided_at": round(now, 3),
-            "segment_to_decision_s": round(now - frame.wall_clock, 3),
-        }
-        return record
+        return AlertRecord.build(alert, ref, evidence=evidence, backend=self.choice.backend, decided_at=now,
+                                 frame_wall_clock=frame.wall_clock, policy_version=policy.version)
 
-    def _review_record(
+    # ---- the one pipeline loop -----------------------------------------------------------
+
+    def direct_submit(self) -> Submit:
+        """Score each frame in the caller's event-loop thread, at once (no batcher, no thread hop)."""
+
+        async def submit(frame: SampledFrame, policy: Policy) -> dict[str, FrameScores]:
+            return self.score([(frame, policy)])[0]
+
+        return submit
+
+    async def run(
         self,
-        kind: str,
         ref: FrameRef,
-        frame: SampledFrame,
-        scores: dict[str, FrameScores],
-        policy: Policy,
-        rule: str | None,
-    ) -> dict[str, Any]:
-        return self._record(kind, ref, frame_id(ref, frame), frame.pts, frame.wall_clock, scores, policy, rule)
+        progress: Progress,
+        submit: Submit,
+        *,
+        stop: threading.Event | None = None,
+        executor: Executor | None = None,
+        depth: int = 32,
+        on_sampled: Callable[[SampledFrame], None] | None = None,
+    ) -> AsyncIterator[Step]:
+        """Decode, score and judge one reference, yielding each judged frame in stream order.
 
-    @staticmethod
-    def _record(
-        kind: str,
-        ref: FrameRef,
-        fid: str,
-        pts: float | None,
-        wall_clock: float,
-        scores: dict[str, FrameScores],
-        policy: Policy,
-        rule: str | None,
-    ) -> dict[str, Any]:
-        """A review-queue record (``pts`` None and no scores for an end marker)."""
-        return {
-            "kind": kind,
-            "stream_id": ref.stream_id,
-            "frame_id": fid,
-            "pts": round(pts, 3) if pts is not None else None,
-            "wall_clock": round(wall_clock, 3),
-            "policy": policy.name,
-            "rule": rule,
-            "uri": ref.uri,
-            "scores": {m: {lb: round(fs.score(lb), 4) for lb in fs.scores} for m, fs in scores.items()},
-            "top": {m: [list(t) for t in fs.top] for m, fs in scores.items()},
-        }
+        The CLI, the demo and the worker all run references through this loop; they differ
+        in ``submit`` (direct scoring, or the cross-stream batcher) and in what they do with
+        each step. Frames cross threads once on the way in (the decoder runs in ``executor``
+        and hands frames over with ``call_soon_threadsafe``); at most ``depth`` wait. An
+        "end" reference yields one step with no frame. ``progress`` is updated as frames are
+        judged; a decoder failure is raised after the frames before it were judged.
 
-    # ---- broker-free loop ----------------------------------------------------------------
+        Raises:
+            LivemodError: the reference cannot be handled (bad media, unknown policy, ...).
+        """
+        policy = self.policy(ref.policy)
+        if ref.kind == "end":
+            progress.rules, decision = self.end(progress.rules, ref, policy)
+            progress.sampler = None  # a stream that comes back is a new broadcast
+            yield Step(None, {}, decision, progress.rules)
+            return
+        if progress.sampler is None:
+            progress.sampler = SamplerState(mode=self.settings.decoder.sampling.mode)
+        sampler = progress.sampler
+        loop = asyncio.get_running_loop()
+        frames: asyncio.Queue[object] = asyncio.Queue()
+        room = threading.Semaphore(depth)
+        halt = stop or threading.Event()
+
+        def hand(item: object) -> None:
+            loop.call_soon_threadsafe(frames.put_nowait, item)
+
+        def pump() -> None:
+            try:
+                for frame in self.decode(ref, sampler, halt):
+                    while not room.acquire(timeout=0.2):
+                        if halt.is_set():
+                            return
+                    hand(frame)
+                    if halt.is_set():
+                        return
+            except BaseException as exc:  # noqa: BLE001 - handed to the event loop
+                hand(_Fail(exc))
+            else:
+                hand(_END)
+
+        pumping = loop.run_in_executor(executor, pump)
+        pending: collections.deque[tuple[SampledFrame, asyncio.Future[dict[str, FrameScores]]]] = collections.deque()
+        failure: BaseException | None = None
+        getter: asyncio.Future[object] | None = None
+        try:
+            decoding = True
+            while decoding or pending:
+                if decoding and getter is None:
+                    getter = asyncio.ensure_future(frames.get())
+                waits = [w for w in (getter if decoding else None, pending[0][1] if pending else None) if w is not None]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if getter is not None and getter.done():
+                    item, getter = getter.result(), None
+                    if item is _END:
+                        decoding = False
+                    elif isinstance(item, _Fail):
+                        decoding, failure = False, item.exc
+                    else:
+                        room.release()
+                        item = cast(SampledFrame, item)
+                        if on_sampled is not None:
+                            on_sampled(item)
+                        pending.append((item, asyncio.ensure_future(submit(item, policy))))
+                while pending and pending[0][1].done():
+                    frame, fut = pending.popleft()
+                    scores = fut.result()
+                    progress.rules, decision = self.judge(progress.rules, ref, frame, scores, policy)
+                    yield Step(frame, scores, decision, progress.rules)
+        finally:
+            halt.set()
+            if getter is not None:
+                getter.cancel()
+            for _frame, fut in pending:
+                fut.cancel()
+            await pumping
+        if failure is not None:
+            if isinstance(failure, LivemodError):
+                raise failure
+            raise DecoderBug(f"decoder: {type(failure).__name__}: {failure}") from failure
 
     def moderate(
         self,
@@ -315,26 +410,30 @@ class Moderator:
         state: StreamState | None = None,
         sampler: SamplerState | None = None,
         *,
-        batch: int | None = None,
         stop: threading.Event | None = None,
     ) -> Iterator[tuple[SampledFrame, dict[str, FrameScores], Decision, StreamState]]:
-        """Decode, score in batches and judge one reference, yielding per frame in order."""
-        policy = self.policy(ref.policy)
-        state = state if state is not None else StreamState()
-        size = batch or self.settings.engines.max_batch
-        pending: list[SampledFrame] = []
+        """``run`` for synchronous callers (the CLI, ``livemod evaluate``, benchmarks), scoring directly.
 
-        def flush() -> Iterator[tuple[SampledFrame, dict[str, FrameScores], Decision, StreamState]]:
-            nonlocal state
-            results = self.score([(f, policy) for f in pending])
-            for f, scores in zip(pending, results):
-                state, decision = self.judge(state, ref, f, scores, policy)
-                yield f, scores, decision, state
-            pending.clear()
+        Yields (frame, scores, decision, state) per judged frame, in order.
+        """
+        progress = Progress(state if state is not None else StreamState(), sampler)
+        loop = asyncio.new_event_loop()
+        steps = self.run(ref, progress, self.direct_submit(), stop=stop)
+        try:
+            while True:
+                try:
+                    step = loop.run_until_complete(steps.__anext__())
+                except StopAsyncIteration:
+                    return
+                if step.frame is not None:
+                    yield step.frame, step.scores, step.decision, step.state
+        finally:
+            loop.run_until_complete(steps.aclose())
+            loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
 
-        for frame in self.decode(ref, sampler, stop):
-            pending.append(frame)
-            if len(pending) >= size:
-                yield from flush()
-        if pending:
-            yield from flush()
+
+class DecoderBug(LivemodError):
+    """The decoder raised something that is not a LivemodError (a bug): dead-lettered with its type and text."""
+
+    reason = "internal_error"

@@ -19,6 +19,7 @@ class EngineSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     engine: Literal["auto", "tensorrt", "onnxruntime"] = "auto"
+    precision: Literal["auto", "fp32", "int8"] = "auto"
     models_dir: Path = DEFAULT_CACHE / "models"
     cards_dir: Path | None = Field(default=None, description="model cards folder; the shipped cards when unset")
     threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores")
@@ -68,6 +69,13 @@ class KafkaSettings(BaseModel):
     producer_max_batch_size: int | None = Field(
         default=None, description="set to 1 on brokers whose end_offsets are wrong for multi-record batches"
     )
+    max_message_bytes: int = Field(
+        default=1_000_000, ge=16_384,
+        description="the largest message the worker writes (the broker's message.max.bytes; Kafka's default is about 1 MB)")
+    request_timeout_s: float = Field(default=30.0, gt=0,
+                                     description="how long a publish waits for the broker before it is retried")
+    max_ref_bytes: int = Field(default=262_144, ge=1024,
+                               description="a frame-ref value larger than this goes to the DLQ as too_large")
 
 
 class WorkerSettings(BaseModel):
@@ -83,6 +91,15 @@ class WorkerSettings(BaseModel):
     retry_backoff_max_s: float = Field(default=10.0, gt=0)
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
+    dlq_send_timeout_s: float = Field(default=10.0, gt=0, description="how long one dead-letter send may take")
+    dlq_retries: int = Field(default=5, ge=0, description="retries of a failed dead-letter send before the partition is blocked")
+    live_chunk_s: float = Field(
+        default=30.0, gt=0,
+        description="a live reference is followed this long, then acked and continued by a new reference")
+    revoke_wait_s: float = Field(default=10.0, ge=0,
+                                 description="how long a rebalance or shutdown waits for references in flight")
+    topic_check_interval_s: float = Field(default=15.0, gt=0,
+                                          description="how often a worker whose topics disagree checks them again")
 
 
 class Settings(BaseSettings):

@@ -15,7 +15,7 @@ from livemod.demo.synth import pattern_frames, write_video
 from livemod.rules.evaluate import StreamState
 from livemod.demo.scene import Scene, broadcast_frames
 from livemod.stream.pipeline import Moderator
-from livemod.stream.schemas import FrameRef
+from livemod.stream.records import FrameRef
 from livemod.stream.settings import Settings
 from tests.tinymodels import tiny_cam_model
 
@@ -47,7 +47,7 @@ def test_small_cat_alert_needs_the_recheck(tmp_path, models_dir, studio):
     results = list(mod.moderate(ref, StreamState()))
     alerts = [a for _f, _s, d, _st in results for a in d.alerts]
     assert len(alerts) == 1, "one incident, one alert: no flood while it stays open"
-    alert = alerts[0]
+    alert = alerts[0].model_dump(mode="json")  # as the alerts topic carries it
     assert alert["rule"] == "cat-on-air" and alert["recheck_used"] is True
     assert 2.0 <= alert["start_pts"] < 6.0
     hit = alert["frames"][-1]
@@ -69,7 +69,7 @@ def test_small_cat_alert_needs_the_recheck(tmp_path, models_dir, studio):
     assert not [r for _f, _s, d, _st in replay for r in d.reviews], "no review or audit sample twice"
     # and from scratch it gives the very same alert id
     again = [a for _f, _s, d, _st in mod.moderate(ref, StreamState()) for a in d.alerts]
-    assert [a["id"] for a in again] == [alert["id"]]
+    assert [a.id for a in again] == [alert["id"]]
 
 
 def test_without_recheck_the_cat_is_missed(tmp_path, models_dir, studio):

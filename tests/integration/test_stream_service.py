@@ -13,25 +13,21 @@ import json
 import signal
 import threading
 import time
-import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 
-from livemod.demo.synth import write_hls
-from livemod.demo.broker import EmbeddedBroker, free_port
+from livemod.demo.broker import EmbeddedBroker
 from livemod.demo.scene import Scene, broadcast_frames
-from livemod.demo.service import http_get, scrape, start_worker
-from livemod.stream.schemas import FrameRef
-from livemod.stream.service import create_topics, service_topics
-from livemod.stream.settings import Settings
+from livemod.demo.service import http_get
+from livemod.demo.synth import write_hls
+from livemod.stream.records import FrameRef
+from livemod.stream.topics import create_topics, service_topics
+from tests.service_helpers import Running, consume, make_settings, partition_counts, publish, refs_for
 
 pytestmark = pytest.mark.broker
 REPO = Path(__file__).resolve().parents[2]
-PARTITIONS = 4
 
 
 @pytest.fixture(scope="module")
@@ -54,103 +50,9 @@ def segments(tmp_path_factory) -> dict[str, list[Path]]:
     return out
 
 
-def make_settings(broker: EmbeddedBroker, tmp: Path, models_dir: Path, segments_root: Path, **over: Any) -> Settings:
-    s = Settings()
-    tag = uuid.uuid4().hex[:8]
-    kafka = s.kafka.model_copy(update={
-        "bootstrap_servers": broker.url, "app_id": f"livemod-test-{tag}", "frame_refs_topic": f"refs-{tag}",
-        "alerts_topic": f"alerts-{tag}", "dlq_topic": f"dlq-{tag}", "reviews_topic": f"reviews-{tag}",
-        "callbacks_dlq_topic": f"cbdlq-{tag}", "partitions": PARTITIONS, "producer_max_batch_size": 1,
-        "session_timeout_s": 4.0, "heartbeat_interval_s": 1.0, "rebalance_timeout_s": 10.0, **over.pop("kafka", {})})
-    return s.model_copy(update={
-        "kafka": kafka,
-        "engines": s.engines.model_copy(update={"models_dir": models_dir, "threads": 1, "batch_wait_ms": 20}),
-        "rules": s.rules.model_copy(update={"default_policy": "demo", "evidence_dir": tmp / "evidence",
-                                            "review_dir": tmp / "review", **over.pop("rules", {})}),
-        "decoder": s.decoder.model_copy(update={"file_roots": (segments_root, tmp)}),
-        "worker": s.worker.model_copy(update={"web_port": free_port(), "retries": 1, "retry_backoff_s": 0.2,
-                                              **over.pop("worker", {})}),
-    })
-
-
-class Running:
-    """A worker process and its HTTP endpoint."""
-
-    def __init__(self, settings: Settings, log: Path, worker_id: str) -> None:
-        s = settings.model_copy(update={"worker": settings.worker.model_copy(update={"web_port": free_port(), "id": worker_id})})
-        self.base = f"http://127.0.0.1:{s.worker.web_port}"
-        self.log = log
-        self.proc = start_worker(s, log)
-
-    def wait_ready(self, timeout: float = 60) -> dict[str, Any]:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker died: {self.log.read_text()[-3000:]}")
-            status, body = http_get(f"{self.base}/ready")
-            if status == 200:
-                return json.loads(body)
-            time.sleep(0.3)
-        raise AssertionError(f"worker not ready: {self.log.read_text()[-3000:]}")
-
-    def metric(self, name: str) -> float:
-        return scrape(f"{self.base}/metrics").get(name, 0.0)
-
-    def diagnose(self) -> str:
-        """What a failing test should show: the worker's counters, its asyncio tasks and its log tail."""
-        counters = {k: v for k, v in scrape(f"{self.base}/metrics").items() if k.startswith("livemod_")
-                    and not k.endswith("_bucket")}
-        tasks = http_get(f"{self.base}/debug/tasks")[1].decode(errors="replace")
-        return f"\n--- counters {counters}\n--- tasks\n{tasks[-6000:]}\n--- log\n{self.log.read_text()[-4000:]}"
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(30)
-
-
-def publish(broker: EmbeddedBroker, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
-    async def go() -> None:
-        p = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
-        await p.start()
-        try:
-            for key, value in messages:
-                await p.send_and_wait(topic, value, key=key)
-        finally:
-            await p.stop()
-
-    asyncio.run(go())
-
-
-def consume(broker: EmbeddedBroker, topic: str, until: Callable[[list[Any]], bool], timeout: float = 60) -> list[Any]:
-    """Read a topic from the start until ``until(records)`` holds or the timeout passes."""
-
-    async def go() -> list[Any]:
-        c = AIOKafkaConsumer(topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False)
-        await c.start()
-        out: list[Any] = []
-        try:
-            t0 = time.monotonic()
-            while time.monotonic() - t0 < timeout and not until(out):
-                batch = await c.getmany(timeout_ms=300)
-                for recs in batch.values():
-                    out.extend(recs)
-        finally:
-            await c.stop()
-        return out
-
-    return asyncio.run(go())
-
-
-def refs_for(stream_id: str, segs: list[Path], wall0: float, policy: str | None = None) -> list[tuple[bytes, bytes]]:
-    return [(stream_id.encode(), FrameRef(stream_id=stream_id, uri=str(p), seq=i, wall_start=wall0 + i, duration=1.0,
-                                          policy=policy).to_bytes()) for i, p in enumerate(segs)]
-
-
 def test_references_to_alerts_and_every_bad_message_to_the_dlq(broker, segments, models_dir, tmp_path):
     s = make_settings(broker, tmp_path, models_dir, segments["cat"][0].parent.parent)
-    asyncio.run(create_topics(broker.bootstrap, service_topics(s)))
+    asyncio.run(create_topics(s))
     corrupt = tmp_path / "corrupt.ts"
     corrupt.write_bytes(b"\x47" + b"\x00" * 500)
     bad = [
@@ -205,7 +107,7 @@ def test_sigkill_mid_batch_loses_nothing_and_duplicates_no_incident(broker, segm
     (pol / "demo.yaml").write_text(text)
     s = make_settings(broker, tmp_path, models_dir, segments["cat"][0].parent.parent,
                       rules={"policies_dir": pol}, worker={"max_in_flight": 4})
-    asyncio.run(create_topics(broker.bootstrap, service_topics(s)))
+    asyncio.run(create_topics(s))
     streams = {f"cat-{i}": "cat" for i in range(3)} | {f"plain-{i}": "plain" for i in range(3)}
     msgs = []
     for sid, kind in streams.items():
@@ -255,7 +157,7 @@ def test_sigkill_mid_batch_loses_nothing_and_duplicates_no_incident(broker, segm
 def test_an_end_reference_closes_the_open_incident(broker, segments, models_dir, tmp_path):
     # the cat is on air from 2 s to 8 s; the broadcast ends at 6 s, with the incident open
     s = make_settings(broker, tmp_path, models_dir, segments["cat"][0].parent.parent)
-    asyncio.run(create_topics(broker.bootstrap, service_topics(s)))
+    asyncio.run(create_topics(s))
     end = FrameRef(stream_id="short-cam", kind="end", seq=6, wall_start=1_790_000_007.0)
     publish(broker, s.kafka.frame_refs_topic, refs_for("short-cam", segments["cat"][:6], 1_790_000_000.0)
             + [(b"short-cam", end.to_bytes())] * 2)  # the end marker twice: a replay closes nothing more
@@ -274,18 +176,6 @@ def test_an_end_reference_closes_the_open_incident(broker, segments, models_dir,
             (json.loads(alerts[0].value)["id"], "ended", "short-cam/6@end")], w.diagnose()
     finally:
         w.stop()
-
-
-def partition_counts(broker: EmbeddedBroker, names: list[str]) -> dict[str, int]:
-    async def go() -> dict[str, int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-        await admin.start()
-        try:
-            return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)}
-        finally:
-            await admin.close()
-
-    return asyncio.run(go())
 
 
 def test_two_workers_split_the_streams_and_fail_over(broker, segments, models_dir, tmp_path):
@@ -372,7 +262,7 @@ def test_webhook_retries_then_delivers_signed_and_ttl_goes_to_callback_dlq(broke
     monkeypatch.setenv("HOOK_TEST_SECRET", "s3cret")  # the worker process inherits it
     s = make_settings(broker, tmp_path, models_dir, segments["cat"][0].parent.parent,
                       rules={"policies_dir": pol, "default_policy": "hooked"})
-    asyncio.run(create_topics(broker.bootstrap, service_topics(s)))
+    asyncio.run(create_topics(s))
     publish(broker, s.kafka.frame_refs_topic, refs_for("hook-cam", segments["cat"][:6], 1_780_000_000.0, policy="hooked")
             + refs_for("down-cam", segments["cat"][:6], 1_780_000_000.0, policy="hooked-down"))
     w = Running(s, tmp_path / "w.log", "w")

@@ -10,7 +10,8 @@ import pytest
 from pydantic import SecretStr
 
 from livemod.demo.service import quantile, settings_env
-from livemod.stream.service import OrderedAcks, StreamLocks, _credentials, backoff_delay
+from livemod.stream.offsets import OrderedAcks
+from livemod.stream.service import StreamLocks, _credentials, backoff_delay
 from livemod.stream.settings import Settings
 from livemod.stream.webhook import sign, verify
 

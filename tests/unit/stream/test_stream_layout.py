@@ -68,3 +68,19 @@ def test_imports_go_one_way(room):
                     if other not in allowed and ".".join(target.split(".")[:2]) not in allowed:
                         bad.append(f"{path.name}: {room} imports {name}")
     assert not bad, bad
+
+
+FAUST_PRIVATES = ("_committed_offset", "_add_gap", "_gap", "_new_offset", "_acked", "_read_offset",
+                  "_unacked_messages", "_active_partitions")
+
+
+def test_only_faustcompat_touches_faust_internals():
+    """Everything that reads or patches Faust's private state lives in stream/faustcompat.py."""
+    bad = []
+    for path, tree in _modules("stream"):
+        if path.name == "faustcompat.py":
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in FAUST_PRIVATES:
+                bad.append(f"{path.name}:{node.lineno} .{node.attr}")
+    assert not bad, bad

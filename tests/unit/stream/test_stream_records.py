@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from livemod.core.errors import MessageError
-from livemod.stream.schemas import FrameRef, parse_frame_ref
+from livemod.stream.records import FrameRef, parse_frame_ref
 
 
 @pytest.mark.parametrize(
