@@ -175,6 +175,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    if args.processes > 1:
+        from livemod.stream.procs import run_processes
+
+        return run_processes(_settings(args), args.processes)
     from livemod.stream.service import run_worker
 
     return run_worker(_settings(args))
@@ -252,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo, policy=None)
 
     w = sub.add_parser("worker", help="run a worker against a Kafka cluster (settings from LIVEMOD_* env)")
+    w.add_argument("--processes", type=int, default=1,
+                   help="run N worker processes on this node (ids <id>-<i>, web ports web_port+i); they share the "
+                        "partitions through the consumer group")
     _add_common(w)
     w.set_defaults(func=cmd_worker)
 

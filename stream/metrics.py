@@ -45,6 +45,10 @@ class Metrics:
         self.dlq_send_failures = Counter("livemod_dlq_send_failures", "dead-letter sends that failed (retried)",
                                          registry=r)
         self.streams_active = Gauge("livemod_streams_active", "streams with a reference in the last minute", registry=r)
+        self.config_reloads = Counter("livemod_config_reloads", "policy/card reloads", ["outcome"], registry=r)
+        self.config_reload_failed = Gauge("livemod_config_reload_failed",
+                                          "1 while the newest policies/cards do not load (the old ones run)",
+                                          registry=r)
         self.live_chunks = Counter("livemod_live_chunks", "live references continued by a new reference", registry=r)
         self.sample_gap = Histogram("livemod_sample_gap_seconds",
                                     "stream time between consecutive sampled frames of a stream",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import logging
 import threading
 import time
@@ -298,7 +299,13 @@ class Moderator:
                 cam_region=region,
             )
         return AlertRecord.build(alert, ref, evidence=evidence, backend=self.choice.backend, decided_at=now,
-                                 frame_wall_clock=frame.wall_clock, policy_version=policy.version)
+                                 frame_wall_clock=frame.wall_clock, policy_version=self.policy_version(policy))
+
+    @staticmethod
+    def policy_version(policy: Policy) -> str:
+        """The policy's own ``version`` and a digest of its content: an edit shows even when nobody bumped it."""
+        digest = hashlib.sha256(policy.model_dump_json().encode()).hexdigest()[:12]
+        return f"{policy.version}+{digest}"
 
     # ---- the one pipeline loop -----------------------------------------------------------
 

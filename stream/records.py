@@ -416,6 +416,12 @@ class StreamStateValue(BaseModel):
     sampler: dict[str, Any] | None = Field(default=None, description="sampler state (decoders.sampling.SamplerState)")
     live: LiveProgress | None = None
 
+    @staticmethod
+    def dump(rules: dict[str, Any], sampler: dict[str, Any] | None, live: LiveProgress | None) -> dict[str, Any]:
+        """The JSON-ready table value (the same shape as ``model_dump``, built without re-validating its parts)."""
+        return {"v": 1, "rules": rules, "sampler": sampler,
+                "live": {"seq": live.seq, "chunk": live.chunk, "uri": live.uri} if live is not None else None}
+
     @classmethod
     def load(cls, raw: Any) -> "StreamStateValue":
         """The table value; {} or None (a new stream) gives an empty one.

@@ -26,17 +26,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
 import tempfile
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Sequence
 
 import faust
 from faust.exceptions import ConsumerNotStarted
@@ -54,6 +55,7 @@ from livemod.stream.callbacks import Callbacks
 from livemod.stream.metrics import Metrics
 from livemod.stream.offsets import OrderedAcks, PendingAck, Reconciler
 from livemod.stream.pipeline import Decision, Moderator, Progress
+from livemod.stream.reload import ReloadStatus, config_digest, initial_status
 from livemod.stream.records import DeadLetter, FrameRef, LiveProgress, StreamStateValue, parse_frame_ref
 from livemod.stream.settings import Settings
 from livemod.stream.topics import ssl_context
@@ -61,6 +63,7 @@ from livemod.stream.topics import ssl_context
 log = logging.getLogger(__name__)
 
 ALERT_ID_HEADER = "alert-id"
+PARSED_STATES = 10_000  # parsed stream states kept in memory
 STREAM_ACTIVE_S = 60.0  # a stream with a reference in the last minute counts as active
 SCHEMA_HEADER = "livemod-schema"
 
@@ -218,19 +221,24 @@ class Worker:
         self.app.livemod_on_rebalance_end = self.reconciler.tick
         self.decode_pool = ThreadPoolExecutor(w.decode_threads, thread_name_prefix="livemod-decode")
         self.engine_pool = ThreadPoolExecutor(1, thread_name_prefix="livemod-engine")
-        self.batcher: DynamicBatcher[tuple[SampledFrame, Policy], dict[str, FrameScores]] = DynamicBatcher(
-            self.moderator.score,
+        self.batcher: DynamicBatcher[tuple[SampledFrame, Policy, Moderator], dict[str, FrameScores]] = DynamicBatcher(
+            score_batch,
             max_batch=s.engines.max_batch,
             max_wait_s=s.engines.batch_wait_ms / 1000,
             executor=self.engine_pool,
             on_batch=lambda n, dt: self.metrics.infer_seconds.observe(dt),
         )
         self.moderator.on_batch = self._on_engine_batch
+        self.config = initial_status(s)
+        self._reloading = False
         self.callbacks = Callbacks(self)
         self.blocked: dict[Any, str] = {}  # partition -> why it is paused (a dead letter that cannot be sent)
         self._stream_locks = StreamLocks()
         # partition -> (stop, revoked) events of its live references in flight
         self._live: dict[Any, set[tuple[threading.Event, threading.Event]]] = defaultdict(set)
+        # stream id -> (the table value last saved, its live progress, its parsed state): parsing is
+        # skipped while the table still holds that very value (the memory store keeps the object)
+        self._parsed: OrderedDict[str, tuple[Any, LiveProgress | None, Progress]] = OrderedDict()
         self._streams_seen: dict[str, float] = {}  # stream id -> monotonic time of its last reference
         self._generation = 0  # bumped when partitions are revoked
         self._tasks = 0
@@ -278,6 +286,11 @@ class Worker:
         async def watch_offsets() -> None:
             await self.reconciler.tick()
 
+        if self.settings.rules.reload_interval_s > 0:
+            @app.timer(interval=self.settings.rules.reload_interval_s)
+            async def watch_config() -> None:
+                await self.reload_if_changed()
+
         web.register(self)
 
     async def _on_revoked(self, revoked: set[Any]) -> None:
@@ -303,6 +316,39 @@ class Worker:
         self.metrics.partitions_blocked.set(len(self.blocked))
         if dropped:
             log.warning("partitions revoked with %d references unfinished; they will be consumed again", dropped)
+
+    async def reload_if_changed(self) -> bool:
+        """Swap in a new Moderator when the policies or cards changed and load cleanly; True when swapped."""
+        if self._reloading:
+            return False
+        loop = asyncio.get_running_loop()
+        digest = await loop.run_in_executor(None, config_digest, self.settings)
+        if digest in (self.config.digest, self.config.failed_digest):
+            return False
+        self._reloading = True
+        try:
+            fresh = await loop.run_in_executor(None, Moderator, self.settings)  # validates, loads every model
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the running version
+            self.config.failed_digest = digest
+            self.config.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+            self.metrics.config_reloads.labels("failed").inc()
+            self.metrics.config_reload_failed.set(1)
+            log.error("policies/cards changed but do not load; keeping the running version: %s", self.config.last_error)
+            return False
+        finally:
+            self._reloading = False
+        fresh.on_batch = self._on_engine_batch
+        old, self.moderator = self.moderator, fresh  # between references: each one keeps the Moderator it started with
+        self.config = ReloadStatus(digest=digest, loaded_at=time.time())
+        self.metrics.config_reloads.labels("ok").inc()
+        self.metrics.config_reload_failed.set(0)
+        log.warning("policies/cards reloaded (%s): policies %s; models %s", digest[:12],
+                    ", ".join(f"{n} v{fresh.policy_version(p)}" for n, p in fresh.policies.items()),
+                    ", ".join(fresh.models))
+        if old.choice != fresh.choice:
+            self.metrics.backend.clear()
+            self.metrics.backend.labels(fresh.choice.backend, fresh.choice.reason).set(1)
+        return True
 
     def _on_engine_batch(self, model: str, size: int, stage: str) -> None:
         self.metrics.batch_size.labels(model, stage).observe(size)
@@ -383,16 +429,23 @@ class Worker:
 
     async def _process(self, ref: FrameRef, msg: Any, generation: int) -> str:
         """Run one reference through the pipeline loop and save its stream's state."""
+        moderator = self.moderator  # this reference is judged by one version of the policies and models
         if ref.wall_start is None:  # the message timestamp makes frame times (and alert ids) replay-stable
             ref = ref.model_copy(update={"wall_start": float(msg.timestamp)})
-        saved = StreamStateValue.load(self.state[ref.stream_id])
-        if ref.kind == "live" and saved.live is not None and saved.live.seq == ref.seq \
-                and (ref.chunk or 0) < saved.live.chunk:
+        raw = self.state[ref.stream_id]
+        cached = self._parsed.pop(ref.stream_id, None)  # taken: put back only with what is saved next
+        if cached is not None and cached[0] is raw:
+            _raw, live, progress = cached
+        else:
+            saved = StreamStateValue.load(raw)
+            live = saved.live
+            progress = Progress(StreamState.from_dict(saved.rules),
+                                SamplerState.from_dict(saved.sampler) if saved.sampler else None)
+        if ref.kind == "live" and live is not None and live.seq == ref.seq and (ref.chunk or 0) < live.chunk:
             log.info("%s: live chunk already followed and continued; skipping the copy", ref.key)
             return "skipped"
-        progress = Progress(StreamState.from_dict(saved.rules),
-                            SamplerState.from_dict(saved.sampler) if saved.sampler else None)
-        live = saved.live if ref.kind != "end" else None
+        if ref.kind == "end":
+            live = None
         stop = threading.Event()
         chunk_over = threading.Event()
         gone = threading.Event()  # the partition was revoked
@@ -408,8 +461,9 @@ class Worker:
         decoded_before = progress.sampler.decoded if progress.sampler else 0
         t0 = time.perf_counter()
         try:
-            async for step in self.moderator.run(ref, progress, self._submit, stop=stop,
-                                                 executor=self.decode_pool, on_sampled=self._on_sampled):
+            submit = functools.partial(self._submit, moderator)
+            async for step in moderator.run(ref, progress, submit, stop=stop, executor=self.decode_pool,
+                                            on_sampled=self._on_sampled):
                 if generation != self._generation:
                     raise _Revoked()
                 if step.frame is not None:
@@ -427,17 +481,18 @@ class Worker:
             if progress.sampler is not None:
                 self.metrics.frames_decoded.inc(max(0, progress.sampler.decoded - decoded_before))
             if generation == self._generation:  # never write state for a partition this worker gave up
-                self.state[ref.stream_id] = StreamStateValue(
-                    rules=progress.rules.to_dict(),
-                    sampler=progress.sampler.to_dict() if progress.sampler else None,
-                    live=live,
-                ).model_dump(mode="json")
+                value = StreamStateValue.dump(progress.rules.to_dict(),
+                                              progress.sampler.to_dict() if progress.sampler else None, live)
+                self.state[ref.stream_id] = value
+                self._parsed[ref.stream_id] = (value, live, progress)
+                while len(self._parsed) > PARSED_STATES:
+                    self._parsed.popitem(last=False)
         if generation != self._generation or gone.is_set():
             raise _Revoked()
         return "handled"
 
-    async def _submit(self, frame: SampledFrame, policy: Policy) -> dict[str, FrameScores]:
-        return await self.batcher.submit((frame, policy))
+    async def _submit(self, moderator: Moderator, frame: SampledFrame, policy: Policy) -> dict[str, FrameScores]:
+        return await self.batcher.submit((frame, policy, moderator))
 
     async def _continue_live(self, ref: FrameRef) -> None:
         """Publish the next chunk of a live reference (same key, so the same partition, after this one)."""
@@ -555,6 +610,19 @@ class Worker:
             self._cb_slots.release()
             if generation == self._generation:
                 self.cb_acks.done(entry)
+
+
+def score_batch(items: Sequence[tuple[SampledFrame, Policy, Moderator]]) -> list[dict[str, FrameScores]]:
+    """The batcher's function: frames scored by the Moderator their reference started with (a reload
+    between references can leave two versions in one batch)."""
+    out: list[dict[str, FrameScores] | None] = [None] * len(items)
+    groups: dict[int, tuple[Moderator, list[int]]] = {}
+    for i, (_frame, _policy, moderator) in enumerate(items):
+        groups.setdefault(id(moderator), (moderator, []))[1].append(i)
+    for moderator, idx in groups.values():
+        for i, res in zip(idx, moderator.score([(items[i][0], items[i][1]) for i in idx])):
+            out[i] = res
+    return out  # type: ignore[return-value]
 
 
 def make_worker(settings: Settings, moderator: Moderator | None = None) -> Worker:

@@ -40,6 +40,9 @@ class RulesSettings(BaseModel):
     evidence_dir: Path = Path("out/evidence")
     review_dir: Path = Path("out/review")
     write_evidence: bool = True
+    reload_interval_s: float = Field(
+        default=5.0, ge=0,
+        description="how often a worker looks for changed policies and model cards (0 = never; see stream/reload.py)")
 
 
 class KafkaSettings(BaseModel):

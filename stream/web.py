@@ -36,7 +36,10 @@ def readiness(worker: "Worker") -> tuple[bool, dict[str, Any]]:
     blocked = {f"{tp.topic}:{tp.partition}": why for tp, why in worker.blocked.items()}
     ok = app.livemod_rebalanced and not app.rebalancing and not blocked
     body: dict[str, Any] = {"ready": ok, "worker": worker.worker_id, "backend": worker.moderator.choice.backend,
-                            "models": worker.moderator.models, "assigned": assigned}
+                            "models": worker.moderator.models, "assigned": assigned,
+                            "config": worker.config.as_dict(),
+                            "policies": {n: worker.moderator.policy_version(p)
+                                         for n, p in worker.moderator.policies.items()}}
     if blocked:
         body["blocked"] = blocked
     if not app.livemod_rebalanced:

@@ -270,3 +270,14 @@ def test_settings_env_round_trips_every_section(monkeypatch):
     assert back.kafka.partitions == 3 and back.worker.max_in_flight == 5
     assert back.kafka.sasl_password is not None and back.kafka.sasl_password.get_secret_value() == "pw"
     assert back.model_dump(exclude={"kafka": {"sasl_password"}}) == s.model_dump(exclude={"kafka": {"sasl_password"}})
+
+
+@pytest.mark.parametrize("index, port, expected_port", [(0, 6066, "6066"), (3, 6066, "6069"), (2, 0, "0")])
+def test_worker_processes_get_their_own_id_and_port(index, port, expected_port):
+    from livemod.stream.procs import child_env
+
+    s = Settings()
+    s = s.model_copy(update={"worker": s.worker.model_copy(update={"id": "node-a", "web_port": port})})
+    env = child_env(s, index, base={"LIVEMOD_KAFKA__PARTITIONS": "8"})
+    assert env == {"LIVEMOD_KAFKA__PARTITIONS": "8", "LIVEMOD_WORKER__ID": f"node-a-{index}",
+                   "LIVEMOD_WORKER__WEB_PORT": expected_port}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from livemod.core.errors import MessageError
-from livemod.stream.records import FrameRef, parse_frame_ref
+from livemod.stream.records import DeadLetter, FrameRef, LiveProgress, StreamStateValue, parse_frame_ref
 
 
 @pytest.mark.parametrize(
@@ -50,3 +50,34 @@ def test_an_end_reference_needs_no_uri():
     ref = parse_frame_ref(b'{"v": 1, "stream_id": "s", "kind": "end", "seq": 7}')
     assert ref.kind == "end" and ref.uri is None and ref.key == "s/7"
     assert parse_frame_ref(ref.to_bytes()) == ref
+
+
+@pytest.mark.parametrize("live", [None, LiveProgress(seq=3, chunk=2, uri="rtmp://h/live/s")])
+def test_stream_state_dump_matches_the_model(live):
+    value = StreamStateValue.dump({"v": 1, "rules": {}}, {"mode": "keyframes"}, live)
+    assert value == StreamStateValue(rules={"v": 1, "rules": {}}, sampler={"mode": "keyframes"},
+                                     live=live).model_dump(mode="json")
+    assert StreamStateValue.load(value).live == live
+
+
+def test_dead_letter_fits_whatever_the_original_size():
+    big = b"x" * 3_000_000
+    d = DeadLetter.build(topic="t", partition=0, offset=1, key=b"k" * 5000, value=big, headers=[("h", b"v" * 900_000)],
+                         error_class="MessageError", reason="too_large", message="m" * 10_000, retriable=False,
+                         attempts=1, worker_id="w", max_bytes=100_000)
+    assert len(d.to_bytes()) <= 100_000 and d.value_truncated and d.value_size == len(big)
+    small = DeadLetter.build(topic="t", partition=0, offset=1, key=b"k", value=b"{}", headers=None,
+                             error_class="MessageError", reason="bad_json", message="m", retriable=False, attempts=1,
+                             worker_id="w", max_bytes=100_000)
+    assert not small.value_truncated and small.value == "e30="
+
+
+@pytest.mark.parametrize("duration, followed, expected", [(None, 30.0, None), (100.0, 30.0, 70.0), (30.0, 30.0, "end")])
+def test_live_continuation(duration, followed, expected):
+    ref = FrameRef(stream_id="s", uri="rtmp://h/live/s", kind="live", seq=4, wall_start=1.0, duration=duration)
+    nxt = ref.continuation(followed)
+    if expected == "end":
+        assert nxt is None
+        return
+    assert nxt.chunk == 1 and nxt.wall_start is None and nxt.duration == expected and nxt.key == "s/4.1"
+    assert nxt.continuation(followed).chunk == 2
