@@ -30,7 +30,7 @@ from livemod.engines.types import FrameScores
 from livemod.rules.evaluate import StreamState, end_stream, evaluate
 from livemod.rules.evidence import audit_pick, write_evidence
 from livemod.rules.policy import Policy, load_policies, validate_against_cards
-from livemod.rules.types import Alert, Observation
+from livemod.rules.types import Observation
 from livemod.core.errors import ConfigError, LivemodError, MessageError
 from livemod.stream.records import AlertRecord, AuditSample, FrameRef, IncidentClosed, ReviewBand, build_review
 from livemod.stream.settings import Settings
@@ -232,8 +232,13 @@ class Moderator:
         policy: Policy,
         *,
         decided_at: float | None = None,
+        evidence: bool = True,
     ) -> tuple[StreamState, Decision]:
-        """Run the policy's rules on one frame (in stream order) and build alert and review records."""
+        """Run the policy's rules on one frame (in stream order) and build alert and review records.
+
+        ``evidence=False`` leaves the alerts' evidence empty for ``with_evidence`` to fill (the loop
+        writes the images in a worker thread, off the event loop).
+        """
         fid = frame_id(ref, frame)
         obs = Observation(
             stream_id=ref.stream_id, frame_id=fid, pts=frame.pts, wall_clock=frame.wall_clock, scores=scores
@@ -245,7 +250,10 @@ class Moderator:
         here = dict(frame_id=fid, pts=frame.pts, wall_clock=frame.wall_clock, policy=policy.name, scores=scores)
         for verdict in verdicts:
             if verdict.kind == "alert" and verdict.alert is not None:
-                decision.alerts.append(self._alert_record(verdict.alert, ref, frame, scores, policy, now))
+                record = AlertRecord.build(verdict.alert, ref, evidence={}, backend=self.choice.backend, decided_at=now,
+                                           frame_wall_clock=frame.wall_clock,
+                                           policy_version=self.policy_version(policy))
+                decision.alerts.append(self.with_evidence(record, frame, scores) if evidence else record)
             elif verdict.kind == "review":
                 decision.reviews.append(build_review("review_band", ref, rule=verdict.rule, **here))
             elif verdict.kind == "close" and verdict.alert_id:
@@ -270,36 +278,26 @@ class Moderator:
                     rule=verdict.rule, alert_id=verdict.alert_id, close_reason=verdict.reason))
         return state, decision
 
-    def _alert_record(
-        self,
-        alert: Alert,
-        ref: FrameRef,
-        frame: SampledFrame,
-        scores: dict[str, FrameScores],
-        policy: Policy,
-        now: float,
-    ) -> AlertRecord:
-        evidence: dict[str, str] = {}
-        if self.settings.rules.write_evidence:
-            # the image shows this frame, so its score and re-check box too (the alert's own
-            # score and box are the best over all the incident's hits, maybe of other frames)
-            fs = scores.get(alert.model)
-            cam = fs.cams.get(alert.label) if fs else None
-            rc = fs.rechecks.get(alert.label) if fs else None
-            here = fs.score(alert.label) if fs else alert.score
-            caption = f"{alert.rule}: {alert.model}:{alert.label} {here:.2f}"
-            if rc is not None and rc.after > rc.before:
-                caption += " (re-check)"
-            full = frame.full_rgb()
-            card = self.cards.get(alert.model)
-            # the class map covers what the network saw: for a centre-cropped input, not the whole frame
-            region = input_to_frame(card, (0.0, 0.0, 1.0, 1.0), full.shape[1], full.shape[0]) if card else None
-            evidence = write_evidence(
-                Path(self.settings.rules.evidence_dir), alert.id, full, cam, rc.box if rc else None, caption,
-                cam_region=region,
-            )
-        return AlertRecord.build(alert, ref, evidence=evidence, backend=self.choice.backend, decided_at=now,
-                                 frame_wall_clock=frame.wall_clock, policy_version=self.policy_version(policy))
+    def with_evidence(self, alert: AlertRecord, frame: SampledFrame, scores: dict[str, FrameScores]) -> AlertRecord:
+        """The alert with its evidence images written (the frame, and the class map with this frame's re-check box)."""
+        if not self.settings.rules.write_evidence:
+            return alert
+        # the image shows this frame, so its score and re-check box too (the alert's own
+        # score and box are the best over all the incident's hits, maybe of other frames)
+        fs = scores.get(alert.model)
+        cam = fs.cams.get(alert.label) if fs else None
+        rc = fs.rechecks.get(alert.label) if fs else None
+        here = fs.score(alert.label) if fs else alert.score
+        caption = f"{alert.rule}: {alert.model}:{alert.label} {here:.2f}"
+        if rc is not None and rc.after > rc.before:
+            caption += " (re-check)"
+        full = frame.full_rgb()
+        card = self.cards.get(alert.model)
+        # the class map covers what the network saw: for a centre-cropped input, not the whole frame
+        region = input_to_frame(card, (0.0, 0.0, 1.0, 1.0), full.shape[1], full.shape[0]) if card else None
+        written = write_evidence(Path(self.settings.rules.evidence_dir), alert.id, full, cam, rc.box if rc else None,
+                                 caption, cam_region=region)
+        return alert.model_copy(update={"evidence": written})
 
     @staticmethod
     def policy_version(policy: Policy) -> str:
@@ -397,7 +395,11 @@ class Moderator:
                 while pending and pending[0][1].done():
                     frame, fut = pending.popleft()
                     scores = fut.result()
-                    progress.rules, decision = self.judge(progress.rules, ref, frame, scores, policy)
+                    progress.rules, decision = self.judge(progress.rules, ref, frame, scores, policy, evidence=False)
+                    if decision.alerts and self.settings.rules.write_evidence:  # JPEG encoding: off the loop
+                        decision.alerts = await loop.run_in_executor(
+                            executor, lambda d=decision, f=frame, sc=scores: [self.with_evidence(a, f, sc)
+                                                                               for a in d.alerts])
                     yield Step(frame, scores, decision, progress.rules)
         finally:
             halt.set()
