@@ -86,6 +86,22 @@ def app_settings() -> dict[str, Any]:
     }
 
 
+def idempotent_producer(app: Any) -> None:
+    """Make the app's producer idempotent (``enable_idempotence``, ``acks=all``) without transactions.
+
+    Faust sets these only inside a transaction (its aiokafka driver's ``Producer._settings_extra``);
+    an idempotent producer keeps a retried send from being written twice, and needs a broker that
+    supports it (Apache Kafka does; the bundled Tansu does not). Call before the app starts.
+    """
+    producer = app.producer
+    extra = producer._settings_extra
+
+    def settings_extra() -> dict[str, Any]:
+        return {**extra(), "acks": "all", "enable_idempotence": True}
+
+    producer._settings_extra = settings_extra
+
+
 def committed_offset(consumer: Any, tp: Any) -> int | None:
     """The partition's last committed offset as Faust knows it (None when nothing was committed)."""
     return consumer._committed_offset.get(tp)

@@ -200,6 +200,8 @@ class Worker:
         if creds is not None:
             app_kwargs["broker_credentials"] = creds
         self.app = faustcompat.App(k.app_id, **app_kwargs)
+        if k.idempotent_producer:
+            faustcompat.idempotent_producer(self.app)
         raw = dict(key_serializer="raw", value_serializer="raw")
         self.refs_topic = self.app.topic(k.frame_refs_topic, partitions=k.partitions, **raw)
         self.alerts_topic = self.app.topic(k.alerts_topic, partitions=k.partitions, **raw)

@@ -72,6 +72,10 @@ class KafkaSettings(BaseModel):
     producer_max_batch_size: int | None = Field(
         default=None, description="set to 1 on brokers whose end_offsets are wrong for multi-record batches"
     )
+    idempotent_producer: bool = Field(
+        default=False,
+        description="acks=all and enable_idempotence: no duplicate writes on producer retries (Apache Kafka; not the "
+                    "bundled broker)")
     max_message_bytes: int = Field(
         default=1_000_000, ge=16_384,
         description="the largest message the worker writes (the broker's message.max.bytes; Kafka's default is about 1 MB)")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from livemod.demo.broker import EmbeddedBroker
 from livemod.demo.scene import Scene, broadcast_frames
 from livemod.demo.service import http_get
 from livemod.demo.synth import write_hls
@@ -18,12 +17,6 @@ from tests.service_helpers import Running, consume, make_settings, publish, refs
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    with EmbeddedBroker(log_file=tmp_path_factory.mktemp("broker") / "tansu.log") as b:
-        yield b
 
 
 def ready_body(w: Running) -> dict:

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from livemod.demo.broker import EmbeddedBroker
 from livemod.demo.scene import Scene, broadcast_frames
 from livemod.demo.service import http_get
 from livemod.demo.synth import write_hls
@@ -28,12 +27,7 @@ from tests.service_helpers import Running, consume, make_settings, partition_cou
 
 pytestmark = pytest.mark.broker
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    with EmbeddedBroker(log_file=tmp_path_factory.mktemp("broker") / "tansu.log") as b:
-        yield b
+BOTH_BROKERS = pytest.mark.parametrize("broker", ["tansu", pytest.param("kafka", marks=pytest.mark.kafka)], indirect=True)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +44,7 @@ def segments(tmp_path_factory) -> dict[str, list[Path]]:
     return out
 
 
+@BOTH_BROKERS
 def test_references_to_alerts_and_every_bad_message_to_the_dlq(broker, segments, models_dir, tmp_path):
     s = make_settings(broker, tmp_path, models_dir, segments["cat"][0].parent.parent)
     asyncio.run(create_topics(s))
@@ -100,6 +95,7 @@ def test_references_to_alerts_and_every_bad_message_to_the_dlq(broker, segments,
     assert w.proc.returncode == 0, w.log.read_text()[-2000:]
 
 
+@BOTH_BROKERS
 def test_sigkill_mid_batch_loses_nothing_and_duplicates_no_incident(broker, segments, models_dir, tmp_path):
     pol = tmp_path / "policies"
     pol.mkdir()
@@ -178,6 +174,7 @@ def test_an_end_reference_closes_the_open_incident(broker, segments, models_dir,
         w.stop()
 
 
+@BOTH_BROKERS
 def test_two_workers_split_the_streams_and_fail_over(broker, segments, models_dir, tmp_path):
     # no topics made beforehand: the workers create them with 3 partitions (the broker's own
     # auto-create would give 4 and break co-partitioning with the 3-partition state table)

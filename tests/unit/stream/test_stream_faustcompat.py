@@ -112,3 +112,9 @@ def test_pause_and_resume_keep_the_fetcher_s_partition_set_typed(consumer):
     assert T not in consumer._get_active_partitions()
     faustcompat.resume(consumer, TopicPartition("refs", 0))
     assert consumer._get_active_partitions() == {T}  # its assertion: every item is a faust TP
+
+
+def test_the_producer_can_be_made_idempotent_without_transactions(app):
+    assert "enable_idempotence" not in app.producer._settings_extra()  # Faust: only inside a transaction
+    faustcompat.idempotent_producer(app)
+    assert app.producer._settings_extra() == {"acks": "all", "enable_idempotence": True}

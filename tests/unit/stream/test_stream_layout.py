@@ -70,7 +70,7 @@ def test_imports_go_one_way(room):
     assert not bad, bad
 
 
-FAUST_PRIVATES = ("_committed_offset", "_add_gap", "_gap", "_new_offset", "_acked", "_read_offset",
+FAUST_PRIVATES = ("_committed_offset", "_add_gap", "_gap", "_new_offset", "_acked", "_read_offset", "_settings_extra",
                   "_unacked_messages", "_active_partitions")
 
 
