@@ -66,9 +66,11 @@ class KafkaSettings(BaseModel):
     reviews_topic: str = "reviews"
     partitions: int = Field(default=8, ge=1)
     replication_factor: int = Field(default=1, ge=1)
-    session_timeout_s: float = 30.0
-    heartbeat_interval_s: float = 3.0
-    rebalance_timeout_s: float = 60.0
+    session_timeout_s: float = Field(
+        default=6.0, gt=0,
+        description="a dead worker's partitions move after this (Kafka's group.min.session.timeout.ms is 6 s by default)")
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    rebalance_timeout_s: float = Field(default=20.0, gt=0)
     producer_max_batch_size: int | None = Field(
         default=None, description="set to 1 on brokers whose end_offsets are wrong for multi-record batches"
     )
