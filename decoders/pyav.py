@@ -8,7 +8,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urljoin
@@ -16,6 +16,7 @@ from urllib.parse import urljoin
 import av
 import av.codec.hwaccel
 import av.error
+from av.video.reformatter import VideoReformatter
 import numpy as np
 
 from livemod.decoders.config import DecoderConfig
@@ -30,8 +31,9 @@ from livemod.core.errors import (
     TruncatedMediaError,
     UnsupportedMediaError,
 )
+from livemod.decoders.image import DEMUXERS_FOR, decode_still, read_file, read_header
 from livemod.decoders.sampling import THUMB_SIZE, Sampler, SamplerState
-from livemod.core.types import Resize, SampledFrame, SampleReason
+from livemod.core.types import GrayReader, Resize, SampledFrame, SampleReason
 from livemod.decoders.uri import Source, check_uri, redact
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,16 @@ class _Run:
     live_limit_s: float = 0.0  # stop a live source at this stream time (0 = never)
     media_t: float = 0.0  # latest packet time seen, in seconds from the source's start
     media_mono: float | None = None  # time.monotonic() when that packet arrived
+    scalers: dict[tuple[int, int, str], VideoReformatter] = field(default_factory=dict)
+
+    def scaled(self, frame: av.VideoFrame, width: int, height: int, fmt: str = "rgb24") -> np.ndarray:
+        """The frame scaled by FFmpeg (AREA) to width x height, with one scaler kept per output size:
+        FFmpeg reuses its set-up while the input size and format stay the same."""
+        key = (width, height, fmt)
+        scaler = self.scalers.get(key)
+        if scaler is None:
+            scaler = self.scalers[key] = VideoReformatter()
+        return scaler.reformat(frame, format=fmt, width=width, height=height, interpolation="AREA").to_ndarray()
 
     def stopped(self) -> bool:
         return self.stop is not None and self.stop.is_set()
@@ -140,6 +152,23 @@ def _why(exc: Exception) -> str:
     return str(strerror) if strerror else type(exc).__name__
 
 
+def _bad_data(shown: str, why: str, local: Path | None) -> LivemodError:
+    """The error for data that cannot be decoded: empty, truncated (it starts like media) or corrupt."""
+    if local is None:
+        return CorruptMediaError(f"{shown}: {why}")
+    try:
+        size = local.stat().st_size
+        with local.open("rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        size, head = -1, b""
+    if size == 0:
+        return EmptyMediaError(f"{shown}: the file is empty (0 bytes)")
+    if any(head.startswith(sig) for sig in SIGNATURES) or head[4:8] == b"ftyp":
+        return TruncatedMediaError(f"{shown}: starts like a media container but cannot be read (truncated?): {why}")
+    return CorruptMediaError(f"{shown}: not a media file this decoder knows: {why}")
+
+
 def _map_error(exc: Exception, shown: str, *, local: Path | None = None) -> LivemodError:
     """Translate a PyAV/FFmpeg error into the livemod error that names the source and cause."""
     exc_text = _why(exc)
@@ -162,19 +191,7 @@ def _map_error(exc: Exception, shown: str, *, local: Path | None = None) -> Live
     if isinstance(exc, av.error.PermissionError) and local is not None:
         return ForbiddenSourceError(f"{shown}: cannot read the file: {exc_text}")
     if isinstance(exc, av.error.InvalidDataError):
-        if local is not None:
-            try:
-                size = local.stat().st_size
-                with local.open("rb") as fh:
-                    head = fh.read(16)
-            except OSError:
-                size, head = -1, b""
-            if size == 0:
-                return EmptyMediaError(f"{shown}: the file is empty (0 bytes)")
-            if any(head.startswith(sig) for sig in SIGNATURES) or head[4:8] == b"ftyp":
-                return TruncatedMediaError(f"{shown}: starts like a media container but cannot be read (truncated?): {exc_text}")
-            return CorruptMediaError(f"{shown}: not a media file this decoder knows: {exc_text}")
-        return CorruptMediaError(msg)
+        return _bad_data(shown, exc_text, local)
     if isinstance(exc, av.error.OSError) and getattr(exc, "errno", None) == 5:
         return SourceUnavailableError(msg, reason="io_error")
     if isinstance(exc, av.error.MemoryError):
@@ -334,6 +351,21 @@ def _lazy_rgb(frame: av.VideoFrame) -> Callable[[], np.ndarray]:
     return get
 
 
+def _lazy_gray(frame: av.VideoFrame) -> GrayReader:
+    """``SampledFrame.gray``: full-range grey at full resolution (converted once), or scaled by FFmpeg."""
+    cached: list[np.ndarray] = []
+
+    def get(width: int | None = None) -> np.ndarray:
+        if width is not None and width < frame.width:
+            height = max(1, round(frame.height * width / frame.width))
+            return frame.to_ndarray(format="gray", width=width, height=height, interpolation="AREA")
+        if not cached:
+            cached.append(frame.to_ndarray(format="gray"))
+        return cached[0]
+
+    return get
+
+
 def fitted_size(width: int, height: int, size: Resize) -> tuple[int, int]:
     """The (w, h) a frame of ``width`` x ``height`` is scaled to for ``size``.
 
@@ -346,19 +378,69 @@ def fitted_size(width: int, height: int, size: Resize) -> tuple[int, int]:
     return max(1, round(width * s)), max(1, round(height * s))
 
 
-def _scaled(frame: av.VideoFrame, size: Resize) -> np.ndarray:
+def _scaled(run: _Run, frame: av.VideoFrame, size: Resize) -> np.ndarray:
     w, h = fitted_size(frame.width, frame.height, size)
-    return frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="AREA")
+    return run.scaled(frame, w, h)
+
+
+def _still(run: _Run, src: Source, t_offset: float) -> SampledFrame | None:
+    """A local still image read with OpenCV (decoders/image.py) instead of FFmpeg: no container
+    probing, no scaler set up per frame, a JPEG reduced while it decodes. None where FFmpeg
+    must read it: a file that cannot be read whole, a header that does not parse, an animated
+    WebP, a format whose demuxers settings do not allow, an image OpenCV cannot decode (FFmpeg
+    then decodes it or says what is wrong with it, as for any other file).
+
+    Raises:
+        MediaLimitError: the header's size is over ``max_pixels`` (nothing is decoded).
+    """
+    cfg = run.config
+    data = read_file(Path(src.uri))
+    head = read_header(data) if data is not None else None
+    if data is None or head is None or head.animated or not any(d in cfg.demuxers for d in DEMUXERS_FOR[head.format]):
+        return None
+    if head.width * head.height > cfg.max_pixels:
+        raise MediaLimitError(f"{src.display}: frame size {head.width}x{head.height} is over the limit of {cfg.max_pixels} pixels")
+    still = decode_still(data, head, [fitted_size(head.width, head.height, size) for size in run.sizes])
+    if still is None:
+        return None
+    run.frames += 1
+    run.sampler.state.sampled += 1
+    frame = SampledFrame(
+        stream_id=run.stream_id,
+        index=run.index,
+        pts=round(t_offset, 6),
+        wall_clock=(run.wall_start + t_offset) if run.wall_start is not None else time.time(),
+        keyframe=True,
+        reason="image",
+        width=still.width,
+        height=still.height,
+        images=dict(zip(run.sizes, still.images)),
+        full_rgb=still.full_rgb,
+    )
+    run.index += 1
+    return frame
 
 
 def _decode_segment(run: _Run, src: Source, *, t_offset: float = 0.0, live: bool = False) -> Iterator[SampledFrame]:
-    """Decode one source, again on the CPU when NVDEC fails before the first frame."""
+    """Decode one source, again on the CPU when NVDEC fails before the first frame; a local still
+    image through OpenCV where it can."""
+    if src.kind == "image" and src.scheme == "file" and not live:
+        frame = _still(run, src, t_offset)
+        if frame is not None:
+            yield frame
+            return
     try:
         yield from _decode_file(run, src, t_offset=t_offset, live=live)
     except _HwRetry:
         yield from _decode_file(run, src, t_offset=t_offset, live=live)
 
 
+# decoders that honour skip_frame and hold pictures back for reordering (B-frames): see _Decoder.feed
+_REORDERING = frozenset({"h264", "hevc"})
+# keyframes only: no later picture predicts from the decoded one, so H.264's deblocking filter is only
+# cosmetic here: about 12% of a 1080p keyframe's decode, the real models' scores move by 0.02 at most
+# (benchmarks/frame_cost.py). Not for HEVC (SAO goes too; pixels move more) nor other codecs: unmeasured.
+KEYFRAME_OPTIONS = {"h264": {"skip_loop_filter": "all"}}
 # a decoder that skipped frames has broken references (H.264 smears, HEVC waits for the next CRA) and
 # libdav1d reads skip_frame only when it opens: a change of decoding mode takes a fresh context
 _KEEP_MAX_PACKETS = 4096
@@ -386,13 +468,27 @@ class _Decoder:
         return len(self.kept) > _KEEP_MAX_PACKETS or self.kept_bytes > _KEEP_MAX_BYTES
 
     def feed(self, packet: av.Packet) -> list[av.VideoFrame]:
-        """Decode one packet (an empty one drains the decoder)."""
+        """Decode one packet (an empty one drains the decoder).
+
+        While only keyframes are decoded, an H.264/HEVC decoder with B-frames holds each keyframe
+        in its reordering buffer until enough further pictures are decoded: with the non-key
+        frames skipped, that is one or two GOPs later, so the coverage guarantee would see a gap
+        and decode everything. Each keyframe packet is therefore drained at once and the
+        decoder reset for the next one (which is a keyframe again: nothing refers back).
+        """
         if not packet.size:
             self.flushed = True
         elif self.keep:
             self.kept.append(packet)
             self.kept_bytes += packet.size
-        return self.ctx.decode(packet)  # type: ignore[return-value]
+        frames: list[av.VideoFrame] = self.ctx.decode(packet)  # type: ignore[assignment]
+        if self.keep and packet.is_keyframe and packet.size and self.ctx.name in _REORDERING:
+            try:
+                frames += self.ctx.decode(None)  # type: ignore[arg-type]
+            except (av.error.EOFError, av.error.InvalidDataError):
+                pass
+            self.ctx.flush_buffers()
+        return frames
 
     def keyframe_out(self, pts: int) -> None:
         """A keyframe of raw PTS ``pts`` came out: a replay starts from its packet from now on."""
@@ -421,6 +517,8 @@ class _Decoder:
         new.width, new.height = old.width, old.height  # type: ignore[attr-defined]
         new.thread_type, new.thread_count = old.thread_type, old.thread_count
         new.skip_frame = skip_frame
+        if skip_frame == "NONKEY" and new.name in KEYFRAME_OPTIONS:
+            new.options = dict(KEYFRAME_OPTIONS[new.name])
         self.ctx, self.flushed = new, False
 
     def replay(self) -> Iterator[list[av.VideoFrame]]:
@@ -474,6 +572,8 @@ def _decode_file(run: _Run, src: Source, *, t_offset: float = 0.0, live: bool = 
         dec = _Decoder(vs, choose_hwaccel(cfg)[0] if hw else None)
         if not image and sampler.keyframes_only:
             cc.skip_frame = "NONKEY"
+            if cc.name in KEYFRAME_OPTIONS:
+                cc.options = dict(KEYFRAME_OPTIONS[cc.name])
             dec.keep = True
         seen_packets = decoded_here = 0
         base = run.wall_start or 0.0
@@ -516,7 +616,7 @@ def _decode_file(run: _Run, src: Source, *, t_offset: float = 0.0, live: bool = 
                         elif not key:
                             _warn_once(f"noskip-{dec.ctx.name}", "%s: the %s decoder ignores skip_frame: sampling its "
                                        "non-key frames every %g s", shown, dec.ctx.name, sampler.fill_s, level=logging.INFO)
-                    thumb = (frame.to_ndarray(format="gray", width=THUMB_SIZE, height=THUMB_SIZE, interpolation="AREA")
+                    thumb = (run.scaled(frame, THUMB_SIZE, THUMB_SIZE, "gray")
                              if sampler.needs_thumb(t, key) else None)
                     reason = sampler.decide(t, key, thumb)
                     if reason is None:
@@ -531,9 +631,10 @@ def _decode_file(run: _Run, src: Source, *, t_offset: float = 0.0, live: bool = 
                     reason=reason,
                     width=frame.width,
                     height=frame.height,
-                    images={size: _scaled(frame, size) for size in run.sizes},
+                    images={size: _scaled(run, frame, size) for size in run.sizes},
                     full_rgb=_lazy_rgb(frame),
                     gap_s=gap,
+                    gray=_lazy_gray(frame),
                 )
                 run.index += 1
                 if image:
@@ -611,10 +712,10 @@ def _decode_file(run: _Run, src: Source, *, t_offset: float = 0.0, live: bool = 
                 raise _map_error(exc, shown, local=local) from exc
             if (yield from emit(frames)):
                 return
-        if image:
-            return
         if (yield from emit(dec.drain())):
             return
+        if image:  # no frame came out (an image's one frame returns from emit)
+            raise _bad_data(shown, "no picture could be decoded", local)
         if t_last is not None and sampler.on_end(t_last):
             if (yield from refill(f"the source ends {t_last - _gap_ref(sampler):.1f} s after the last sample")):
                 return

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -125,6 +127,12 @@ def check_host(host: str, port: int | None, cfg: DecoderConfig) -> None:
         _check_address(addr, host, cfg)
 
 
+@lru_cache(maxsize=64)
+def _resolved_roots(roots: tuple[Path | str, ...]) -> tuple[Path, ...]:
+    """The file roots with symlinks resolved, once per set of roots (not once per reference)."""
+    return tuple(Path(os.path.realpath(Path(r).expanduser())) for r in roots)
+
+
 def check_file(path: Path, cfg: DecoderConfig) -> Path:
     """Resolve a local path (``..`` and symlinks included) and require it under a file root.
 
@@ -136,7 +144,7 @@ def check_file(path: Path, cfg: DecoderConfig) -> Path:
         real = path.expanduser().resolve(strict=False)
     except (OSError, RuntimeError) as exc:
         raise BadUriError(f"cannot resolve path {str(path)!r}: {exc}") from exc
-    roots = [Path(r).resolve() for r in cfg.file_roots]  # also when settings were copied unvalidated
+    roots = _resolved_roots(tuple(cfg.file_roots))  # also when settings were copied unvalidated
     if not any(real == root or real.is_relative_to(root) for root in roots):
         raise ForbiddenSourceError(
             f"file {str(path)!r} resolves outside the allowed roots ({', '.join(str(r) for r in roots)})"
