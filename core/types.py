@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Literal, Protocol
 
 import numpy as np
 
@@ -23,6 +23,12 @@ class Resize:
     width: int
     height: int
     keep_aspect: bool = False
+
+
+class GrayReader(Protocol):
+    """``SampledFrame.gray``: full-range grey of the frame, full size or scaled to ``width``."""
+
+    def __call__(self, width: int | None = None) -> np.ndarray: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,6 +51,10 @@ class SampledFrame:
             Drop the SampledFrame to release the decoded picture.
         gap_s: stream seconds since the previous sampled frame of the same stream (across
             segments and reconnects; an outage counts), None for the stream's first sample.
+        gray: the frame as full-range grey, uint8 (h, w): ``gray()`` at full resolution (converted
+            lazily and kept, like ``full_rgb``), ``gray(width)`` scaled by FFmpeg (area) to that
+            width keeping the aspect. The built-in signals read it (quality, QR codes); None where
+            the decoder does not offer it (callers convert ``full_rgb``).
     """
 
     stream_id: str
@@ -58,3 +68,4 @@ class SampledFrame:
     images: dict[Resize, np.ndarray]
     full_rgb: Callable[[], np.ndarray] = field(repr=False)
     gap_s: float | None = None
+    gray: GrayReader | None = field(default=None, repr=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
@@ -53,7 +53,9 @@ class Recheck:
         before: probability on the whole frame.
         after: the best probability over the crops (the CAM boxes and tiles).
         box: the crop that produced ``after``, in full-resolution pixels.
-        method: "cam_box" (hot region enlarged 1.5x) or "tile" (fixed grid tile).
+        method: "cam_box" (hot region enlarged 1.5x) or "tile" (fixed grid tile); for the built-in
+            signals (engines/signals.py) "qr" (a decoded QR code's outline) or "text" (a line of
+            on-screen text), with after == before.
         crops: how many crops were classified.
     """
 
@@ -61,8 +63,25 @@ class Recheck:
     before: float
     after: float
     box: Box
-    method: Literal["cam_box", "tile"]
+    method: Literal["cam_box", "tile", "qr", "text"]
     crops: int
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something a built-in signal read in a frame: a decoded QR code or a line of on-screen text.
+
+    Attributes:
+        kind: "qr" or "text".
+        text: the decoded payload or the recognised line (at most ``signals.MAX_TEXT`` characters).
+        box: its bounding box in full-resolution pixels.
+        confidence: the recogniser's confidence (1.0 for a decoded QR code).
+    """
+
+    kind: Literal["qr", "text"]
+    text: str
+    box: Box
+    confidence: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +94,8 @@ class FrameScores:
         cams: class map per watched label, float32 (h, w) (a group sums its members' maps).
         rechecks: re-checks run on this frame, by label.
         top: the model's top-5 (label, probability) on the whole frame, for reviewers.
+        found: for the built-in signals, what produced each label's score (decoded QR codes,
+            lines of text), by label; empty for classifiers.
     """
 
     model: str
@@ -83,6 +104,7 @@ class FrameScores:
     cams: dict[str, np.ndarray]
     rechecks: dict[str, Recheck]
     top: tuple[tuple[str, float], ...] = ()
+    found: dict[str, tuple[Finding, ...]] = field(default_factory=dict)
 
     def score(self, label: str) -> float:
         """The decision score: the max of the whole-frame and re-check probabilities."""

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from livemod.core.errors import ConfigError
 from livemod.engines.card import ModelCard
+from livemod.engines.signals import SIGNAL_MODELS, SignalConfig
 
 POLICIES_DIR = Path(__file__).parent / "policies"
 DEFAULT_BAND_LO = 0.02  # lower edge of the default re-check band; the upper edge is the rule's alert threshold
@@ -137,6 +138,10 @@ class Policy(BaseModel):
     description: str = ""
     audit_fraction: float = Field(default=0.01, ge=0, le=1)
     webhook: Webhook | None = None
+    signals: SignalConfig = Field(
+        default_factory=SignalConfig,
+        description="how the built-in models (quality, qr, text; engines/signals.py) score for this policy",
+    )
     rules: tuple[Rule, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -204,12 +209,27 @@ def load_policies(directory: Path | str | None = None) -> dict[str, Policy]:
 def validate_against_cards(policy: Policy, cards: dict[str, ModelCard]) -> None:
     """Every rule must name a known model and one of its labels or groups.
 
+    A model is a card's or a built-in signal's (``engines.signals.SIGNAL_MODELS``: quality, qr,
+    text); a built-in one must be able to run here (``text`` needs the ``ocr`` extra).
+
     Raises:
-        ConfigError: naming the policy, the rule and what is unknown.
+        ConfigError: naming the policy, the rule and what is unknown or unavailable.
     """
     for rule in policy.rules:
         card = cards.get(rule.model)
+        signal = SIGNAL_MODELS.get(rule.model)
+        where = f"policy {policy.name}, rule {rule.name}"
+        if card is not None and signal is not None:
+            raise ConfigError(f"{where}: model card {rule.model!r} takes the name of a built-in model; rename the card")
+        if signal is not None:
+            if rule.label not in signal.labels:
+                raise ConfigError(f"{where}: built-in model {rule.model} has no label {rule.label!r} "
+                                  f"(have {', '.join(signal.labels)})")
+            why = signal.unavailable()
+            if why:
+                raise ConfigError(f"{where}: {rule.model}:{rule.label} is unavailable: {why}", reason="signal_unavailable")
+            continue
         if card is None:
-            raise ConfigError(f"policy {policy.name}, rule {rule.name}: unknown model {rule.model!r} (have {sorted(cards)})")
+            raise ConfigError(f"{where}: unknown model {rule.model!r} (have {sorted([*cards, *SIGNAL_MODELS])})")
         if rule.label not in card.labels and rule.label not in card.groups:
             raise ConfigError(f"policy {policy.name}, rule {rule.name}: model {rule.model} has no label or group {rule.label!r}")

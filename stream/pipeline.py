@@ -26,6 +26,7 @@ from livemod.engines.backend import BackendChoice, choose, load_classifier
 from livemod.engines.cam import input_to_frame
 from livemod.engines.card import ModelCard, load_cards
 from livemod.engines.recheck import RecheckSpec, Scorer, ScoreRequest, Watch
+from livemod.engines.signals import SIGNAL_MODELS, Signals
 from livemod.engines.types import FrameScores
 from livemod.rules.evaluate import StreamState, end_stream, evaluate
 from livemod.rules.evidence import audit_pick, write_evidence
@@ -128,10 +129,13 @@ class Moderator:
                 precision=e.precision,
             )
             for name in self.models
+            if name not in SIGNAL_MODELS  # built-in models (engines/signals.py) have no file to load
         }
         self.on_batch: Callable[[str, int, str], None] | None = None
         self.scorer = Scorer(classifiers, on_batch=self._batch_hook)
+        self.signals = Signals()
         self._watches: dict[str, dict[str, list[Watch]]] = {}
+        self._signal_watches: dict[str, dict[str, set[str]]] = {}
         self._last: OrderedDict[str, dict[str, FrameScores]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -150,9 +154,16 @@ class Moderator:
             raise ConfigError(f"unknown policy {key!r} (have {sorted(self.policies)})", reason="unknown_policy") from None
 
     def watches(self, policy: Policy) -> dict[str, list[Watch]]:
-        """Model name -> the labels the policy watches there, with their re-check settings."""
+        """Model name -> the labels the policy watches there, with their re-check settings.
+
+        Classifiers only; the built-in models a policy watches are in ``_signal_watches``.
+        """
         with self._lock:
             if policy.name not in self._watches:
+                self._signal_watches[policy.name] = signal_watches = {}
+                for rule in policy.rules:
+                    if rule.model in SIGNAL_MODELS and rule.model in self.models:
+                        signal_watches.setdefault(rule.model, set()).add(rule.label)
                 out: dict[str, list[Watch]] = {}
                 for rule in policy.rules:
                     if rule.model not in self.scorer.classifiers:
@@ -202,6 +213,8 @@ class Moderator:
 
         A near-duplicate frame (reason "duplicate") repeats its stream's last result when
         that is known and covers the same models; otherwise it is classified like any other.
+        The built-in models the policy watches (engines/signals.py) run on every frame,
+        duplicates included (``qr`` and ``text`` only when due for the stream).
         Call it from one thread at a time (the batcher's).
         """
         results: list[dict[str, FrameScores] | None] = [None] * len(items)
@@ -216,6 +229,12 @@ class Moderator:
             scored = self.scorer.score([ScoreRequest(items[i][0], self.watches(items[i][1])) for i in todo])
             for i, res in zip(todo, scored):
                 results[i] = res
+        for i, (frame, policy) in enumerate(items):
+            self.watches(policy)
+            built_in = self._signal_watches[policy.name]
+            if built_in:
+                base = {m: fs for m, fs in (results[i] or {}).items() if m not in SIGNAL_MODELS}
+                results[i] = {**base, **self.signals.score(frame, built_in, policy.signals)}
         for (frame, _policy), res in zip(items, results):
             self._last[frame.stream_id] = res  # type: ignore[assignment]
             self._last.move_to_end(frame.stream_id)
