@@ -160,16 +160,12 @@ def decode_still(data: bytes, head: ImageHeader, targets: Sequence[tuple[int, in
         return None
     if bgr.shape[:2] != (math.ceil(head.height / r), math.ceil(head.width / r)):
         return None
-    made: list[np.ndarray] = []  # BGR working images, largest first
-    by_size: dict[tuple[int, int], np.ndarray] = {}
-    for w, h in sorted(set(targets), key=lambda t: -t[0] * t[1]):
-        # from the smallest image already made that covers this one: INTER_AREA at a non-integer
-        # ratio costs about 1 ms per 256x256 from 640x360, and much less from a 256x256 one
-        src = min((m for m in made if m.shape[1] >= w and m.shape[0] >= h), key=lambda m: m.size, default=bgr)
-        small = src if src.shape[:2] == (h, w) else cv2.resize(src, (w, h), interpolation=cv2.INTER_AREA)
-        made.append(small)
-        by_size[(w, h)] = small
-    images = [cv2.cvtColor(by_size[t], cv2.COLOR_BGR2RGB) for t in targets]
+    # each from the decoded picture: making the smaller working images from the larger one saves about
+    # 1 ms on a 1280x720 JPEG but moved EfficientNet-Lite0's probabilities by up to 0.10 (0.007 direct)
+    images = []
+    for w, h in targets:
+        small = bgr if bgr.shape[:2] == (h, w) else cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
+        images.append(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
     full: list[np.ndarray] = []
     kept: np.ndarray | None = bgr if r == 1 else None
 
