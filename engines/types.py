@@ -53,9 +53,11 @@ class Recheck:
         before: probability on the whole frame.
         after: the best probability over the crops (the CAM boxes and tiles).
         box: the crop that produced ``after``, in full-resolution pixels.
-        method: "cam_box" (hot region enlarged 1.5x) or "tile" (fixed grid tile); for the built-in
-            signals (engines/signals.py) "qr" (a decoded QR code's outline) or "text" (a line of
-            on-screen text), with after == before.
+        method: "cam_box" (hot region enlarged 1.5x), "tile" (fixed grid tile), "spot" (a
+            cell of the whole frame whose own probability was high although the frame's was
+            below the band) or "sweep" (a square tile of the budgeted sweep, or a crop around
+            a hot cell of one); for the built-in signals (engines/signals.py) "qr" (a decoded QR
+            code's outline) or "text" (a line of on-screen text), with after == before.
         crops: how many crops were classified.
     """
 
@@ -63,7 +65,7 @@ class Recheck:
     before: float
     after: float
     box: Box
-    method: Literal["cam_box", "tile", "qr", "text"]
+    method: Literal["cam_box", "tile", "spot", "sweep", "qr", "text"]
     crops: int
 
 

@@ -43,6 +43,13 @@ class RecheckRule(BaseModel):
             ``RecheckSpec`` default that the re-check benchmarks were measured with: at 0.5 a
             small object's region tends to merge with the background's warm cells.
         tiles: grid for the tile pass (objects smaller than one CAM cell); 0 disables it.
+        spot_threshold: below the band, a cell of the whole frame whose own probability of the
+            label reaches this is cropped and classified (engines' ``RecheckSpec.spot_threshold``);
+            0 disables it. Paid from the stream's budget for speculative work.
+        sweep_share: the smallest object, as a share of the frame's area, that the budgeted sweep
+            of square tiles looks for (1.5% by default: 24 tiles for a 16:9 or 9:16 frame, run when
+            the stream's budget of 30% of the whole-frame pass has saved up for it, about every 100
+            sampled frames on a clean broadcast; 2.5%: 15 tiles, about every 60). 0 disables it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -52,6 +59,8 @@ class RecheckRule(BaseModel):
     expand: float = Field(default=1.5, ge=1.0, le=4.0)
     cam_threshold: float = Field(default=0.8, gt=0, le=1)
     tiles: int = Field(default=0, ge=0, le=6)
+    spot_threshold: float = Field(default=0.5, ge=0, le=1)
+    sweep_share: float = Field(default=0.015, ge=0, le=0.25)
 
     @model_validator(mode="after")
     def _band(self) -> "RecheckRule":

@@ -5,7 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from livemod.engines.cam import expand_box, gradcam, hot_boxes, input_to_frame, tile_boxes
+from livemod.engines.cam import (
+    cell_probs,
+    expand_box,
+    gradcam,
+    hot_boxes,
+    input_to_frame,
+    peaks,
+    square_box,
+    square_tiles,
+    sweep_side,
+    tile_boxes,
+)
 from livemod.engines.card import ModelCard
 
 
@@ -97,3 +108,116 @@ def test_tiles_cover_frame(grid, n):
             assert 0 <= x0 < x1 <= 1920 and 0 <= y0 < y1 <= 1080
             covered[y0:y1, x0:x1] = True
         assert covered.all()
+
+
+# ---- per-cell scores and sweep geometry -----------------------------------------------------------
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+@pytest.mark.parametrize(
+    "indices",
+    [(0,), (2,), (0, 2), (0, 1, 2)],
+)
+def test_cell_probs_is_each_cells_own_softmax(indices):
+    rng = np.random.default_rng(4)
+    cams = rng.normal(size=(3, 4, 5)).astype(np.float32)
+    bias = rng.normal(size=3).astype(np.float32)
+    logits = cams.mean(axis=(1, 2)) + bias
+    got = cell_probs(logits, cams, indices)
+    assert got.shape == (4, 5) and got.dtype == np.float32
+    for i in range(4):
+        for j in range(5):
+            assert got[i, j] == pytest.approx(_softmax(cams[:, i, j] + bias)[list(indices)].sum(), rel=1e-5)
+
+
+def test_cell_probs_of_a_uniform_map_is_the_whole_image_probability():
+    cams = np.ones((3, 7, 7), np.float32) * np.array([1.0, 2.0, 3.0], np.float32)[:, None, None]
+    logits = np.array([0.5, 2.5, 1.0], np.float32)
+    np.testing.assert_allclose(cell_probs(logits, cams, (1,)), _softmax(logits)[1], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "wh, share, tile_share, expected",
+    [
+        ((1920, 1080), 0.015, 0.12, 509),
+        ((1080, 1920), 0.015, 0.12, 509),  # the same for portrait: tiles are squares
+        ((1280, 720), 0.015, 0.12, 339),
+        ((1920, 1080), 0.065, 0.065, 1080),  # never more than the short side
+        ((100, 50), 0.5, 0.12, 50),
+    ],
+)
+def test_sweep_side(wh, share, tile_share, expected):
+    assert sweep_side(*wh, share, tile_share) == expected
+
+
+@pytest.mark.parametrize("wh, n", [((1920, 1080), 24), ((1080, 1920), 24), ((1280, 720), 24), ((1920, 800), 21)])
+def test_default_sweep_of_any_shape_costs_about_24_tiles(wh, n):
+    assert len(square_tiles(*wh, sweep_side(*wh, 0.015))) == n
+
+
+@pytest.mark.parametrize(
+    "wh, side, n",
+    [
+        ((1920, 1080), 509, 12),  # 4 x 3
+        ((1080, 1920), 509, 12),  # 3 x 4
+        ((1280, 720), 339, 12),
+        ((1920, 1080), 1080, 2),
+        ((1920, 1080), 4000, 2),  # clamped to the short side
+        ((640, 640), 640, 1),
+        ((640, 640), 320, 4),
+    ],
+)
+def test_square_tiles_cover_the_frame_with_squares(wh, side, n):
+    w, h = wh
+    tiles = square_tiles(w, h, side)
+    assert len(tiles) == n
+    covered = np.zeros((h, w), bool)
+    for x0, y0, x1, y1 in tiles:
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+        assert x1 - x0 == y1 - y0 == min(side, w, h)
+        covered[y0:y1, x0:x1] = True
+    assert covered.all()
+
+
+@pytest.mark.parametrize(
+    "cells, min_prob, k, expected",
+    [
+        # one hot cell: centred on it, extent 1
+        ({(2, 3): 0.9}, 0.1, 2, [(0.9, 3.5, 2.5, 1.0)]),
+        # below min_prob: nothing
+        ({(2, 3): 0.05}, 0.1, 2, []),
+        # two equal neighbours: the centre lies between them, extent 2
+        ({(2, 3): 0.8, (2, 4): 0.8}, 0.1, 2, [(0.8, 4.0, 2.5, 2.0)]),
+        # two separate objects, highest first, k bounds them
+        ({(0, 0): 0.5, (6, 6): 0.9}, 0.1, 2, [(0.9, 6.5, 6.5, 1.0), (0.5, 0.5, 0.5, 1.0)]),
+        ({(0, 0): 0.5, (6, 6): 0.9}, 0.1, 1, [(0.9, 6.5, 6.5, 1.0)]),
+        # a 3-cell-wide region: extent 3
+        ({(4, 1): 0.6, (4, 2): 0.9, (4, 3): 0.6}, 0.1, 2, [(0.9, 2.5, 4.5, 3.0)]),
+    ],
+)
+def test_peaks(cells, min_prob, k, expected):
+    prob = np.zeros((7, 7), np.float32)
+    for (i, j), p in cells.items():
+        prob[i, j] = p
+    got = peaks(prob, min_prob=min_prob, max_peaks=k)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "cx, cy, side, wh, expected",
+    [
+        (500, 500, 100, (1000, 1000), (450, 450, 550, 550)),
+        (10, 10, 100, (1000, 1000), (0, 0, 100, 100)),  # shifted inside, still square
+        (995, 500, 100, (1000, 800), (900, 450, 1000, 550)),
+        (500, 300, 2000, (1920, 1080), (0, 0, 1080, 1080)),  # cut to the short side
+        (50, 50, 0.2, (100, 100), (50, 50, 51, 51)),  # at least one pixel
+    ],
+)
+def test_square_box(cx, cy, side, wh, expected):
+    assert square_box(cx, cy, side, *wh) == expected
