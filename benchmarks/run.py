@@ -748,25 +748,29 @@ def rules(b: Bench) -> None:
         sid = f"s{i % streams}"
         t = 1.7e9 + (i // streams) * 0.5
         obs.append(Observation(sid, f"{sid}/{i // streams}@0", (i // streams) * 0.5, t, scores))
-    reps = 1 if b.quick else 3
-    rates, verdicts = [], 0
+    reps = 1 if b.quick else 5
+    rates, walls, verdicts = [], [], 0
     for r in range(reps):
         b.step(f"rules: evaluate() pass {r + 1}/{reps} over {n:,} frames")
         states = {f"s{i}": StreamState() for i in range(streams)}
         verdicts = 0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         for o in obs:
             st, v = evaluate(states[o.stream_id], o, policy)
             states[o.stream_id] = st
             verdicts += len(v)
-        rates.append(n / (time.perf_counter() - t0))
+        rates.append(n / (time.thread_time() - c0))
+        walls.append(n / (time.perf_counter() - t0))
     rate = statistics.median(rates)
     b.add("rules", f"evaluate() alone, 4 rules over 3 models, {streams} streams ({verdicts:,} verdicts per pass)",
-          f"{rate:,.0f} scored frames/s ({1e6 / rate:.1f} us per frame)", ">= 100,000 frames/s", rate >= 100_000)
+          f"{rate:,.0f} scored frames/s per CPU second ({1e6 / rate:.1f} us per frame; "
+          f"{statistics.median(walls):,.0f}/s by the wall clock)", ">= 100,000 frames/s", rate >= 100_000)
     b.details["rules"] = (
         f"Load average at start: {b.load_at_start}. One Python thread; {n:,} pre-built observations (Beta-distributed "
         "scores with bursts over the thresholds so that windows fill and incidents open and close), "
-        f"median of {reps} passes: " + ", ".join(f"{x:,.0f}" for x in rates) + " frames/s.")
+        f"median of {reps} passes, counted on the thread's CPU clock (the machine is shared, so the wall clock "
+        "also counts time the thread was not running): " + ", ".join(f"{x:,.0f}" for x in rates)
+        + " frames/s; by the wall clock: " + ", ".join(f"{x:,.0f}" for x in walls) + " frames/s.")
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     ax.bar([f"pass {i + 1}" for i in range(len(rates))], rates, color="tab:blue")

@@ -447,3 +447,20 @@ def test_the_end_of_a_broadcast_closes_its_incidents_and_empties_its_windows():
     assert state.rules["a"].last_close == 1010.0
     again, verdicts = end_stream(state, "s1/9@end", 1010.0)
     assert verdicts == [] and again is state, "a replayed end marker is a no-op"
+
+
+@pytest.mark.parametrize("frames", [1, 31, 32, 33, 255, 256, 257, 300, 1000])
+def test_at_least_the_last_recent_frames_are_remembered_across_generations_and_a_round_trip(frames):
+    from livemod.rules.evaluate import RECENT_FRAMES
+
+    p = policy()
+    state = StreamState()
+    for i in range(frames):
+        state, _v = evaluate(state, obs(i, 0.1), p)
+    kept = min(frames, RECENT_FRAMES)
+    for restored in (state, StreamState.from_dict(json.loads(json.dumps(state.to_dict())))):
+        assert all(restored.seen(f"ref/{i}@0") for i in range(frames - kept, frames))
+        assert len(restored.recent) >= kept and restored.recent[-1] == f"ref/{frames - 1}@0"
+        assert not restored.seen(f"ref/{frames}@0")
+    if frames >= 2 * RECENT_FRAMES:  # memory is bounded: the oldest frames are forgotten
+        assert not state.seen("ref/0@0") and len(state.recent) <= RECENT_FRAMES + 32
