@@ -132,7 +132,7 @@ class Moderator:
             if name not in SIGNAL_MODELS  # built-in models (engines/signals.py) have no file to load
         }
         self.on_batch: Callable[[str, int, str], None] | None = None
-        self.scorer = Scorer(classifiers, on_batch=self._batch_hook)
+        self.scorer = Scorer(classifiers, budget=e.recheck_budget, on_batch=self._batch_hook)
         self.signals = Signals()
         self._watches: dict[str, dict[str, list[Watch]]] = {}
         self._signal_watches: dict[str, dict[str, set[str]]] = {}
@@ -178,6 +178,8 @@ class Moderator:
                             expand=rc.expand,
                             cam_threshold=rc.cam_threshold,
                             tiles=rc.tiles,
+                            spot_threshold=rc.spot_threshold,
+                            sweep_share=rc.sweep_share,
                         )
                     lst = out.setdefault(rule.model, [])
                     if all(w.label != rule.label for w in lst):

@@ -25,6 +25,11 @@ class EngineSettings(BaseModel):
     threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores")
     max_batch: int = Field(default=16, ge=1, le=1024)
     batch_wait_ms: float = Field(default=10.0, ge=0, description="the batcher's longest wait for a fuller batch")
+    recheck_budget: float = Field(
+        default=0.3, ge=0, le=4,
+        description="extra images per whole-frame image that a stream's speculative re-checks (hot spots below "
+                    "the band, the small-object sweep) may spend; band re-checks always run",
+    )
     opt_batch: int = Field(default=8, ge=1, description="TensorRT optimization profile's opt batch")
     workspace_mb: int = Field(default=1024, ge=16, description="TensorRT builder workspace")
     engine_cache_dir: Path = DEFAULT_CACHE / "engines"

@@ -62,7 +62,9 @@ def check_cat(m: dict, key: str) -> None:
     assert m["clean_seconds"] == pytest.approx(20.0 - (CAT[1] - CAT[0]), abs=0.01)
     # the cat is ~6% of the frame: the whole frame alone never reaches 0.6, every detection is the re-check's
     assert m["detections"] == 4 and m["recheck_share"] == 1.0
-    assert m["recheck_crops"] > 0 and 0 < m["recheck_crops_per_frame"] <= 2.0
+    # 2 CAM boxes per frame in the band, plus the small-object sweep that each stream's first frame
+    # borrows from its budget (24 tiles for 16:9, two 10-frame videos): 2 + 24 / 10 per frame at most
+    assert m["recheck_crops"] > 0 and 0 < m["recheck_crops_per_frame"] <= 2.0 + 24 / 10
     assert m["max_gap_s"] == pytest.approx(1.0)
 
 
@@ -91,7 +93,8 @@ def test_cli_reports_json_markdown_and_plots(tmp_path, models_dir, labelled):
     assert CAT[0] <= studio["alerts"][0]["start_pts"] < CAT[1]
     assert newsroom["alerts"] == [] and len(newsroom["series"]["cat-on-air"]["score"]) == 10
     lite0 = report["inference"]["efficientnet-lite0"]
-    assert lite0["stages"]["frame"] > 0 and lite0["stages"]["recheck"] == cat["recheck_crops"]
+    stages = lite0["stages"]
+    assert stages["frame"] > 0 and stages["recheck"] + stages.get("sweep", 0) == cat["recheck_crops"]
     assert lite0["extra_ratio"] == pytest.approx(lite0["extra_images"] / lite0["stages"]["frame"], abs=1e-3)
 
     pngs = sorted(p.name for p in (out / "plots").iterdir())

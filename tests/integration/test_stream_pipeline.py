@@ -154,3 +154,14 @@ def test_cli_check_config(tmp_path, models_dir, custom_models):
     (bad / "x.yaml").write_text("name: x\nrules:\n  - {name: a, model: nope, label: b, review: 0.1, alert: 0.2}\n")
     r = _cli("check-config", "--policies-dir", str(bad), cwd=tmp_path)
     assert r.returncode == 1 and "unknown model 'nope'" in r.stderr
+
+
+def test_a_policy_rule_s_recheck_settings_reach_the_engine(tmp_path, models_dir):
+    """Hot spots below the band, the small-object sweep and the stream budget are the policy's and settings'."""
+    s = settings_for(tmp_path, models_dir, recheck_budget=0.5)
+    mod = Moderator(s)
+    rule = next(r for r in mod.policy(None).rules if r.model == "efficientnet-lite0")
+    (watch,) = mod.watches(mod.policy(None))["efficientnet-lite0"]
+    assert watch.recheck is not None and mod.scorer.budget == 0.5
+    assert (watch.recheck.spot_threshold, watch.recheck.sweep_share) == (
+        rule.recheck.spot_threshold, rule.recheck.sweep_share) == (0.5, 0.015)
