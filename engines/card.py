@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from livemod.core.errors import ConfigError, ModelError
+from livemod.core.yamlfile import safe_load
 from livemod.core.types import Resize
 
 CARDS_DIR = Path(__file__).parent / "cards"
@@ -144,7 +145,7 @@ def sha256_file(path: Path) -> str:
 def load_card(path: Path) -> ModelCard:
     """Read and validate one model card YAML file."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = safe_load(Path(path).read_text())
         return ModelCard.model_validate(data)
     except (OSError, yaml.YAMLError, ValidationError) as exc:
         raise ConfigError(f"model card {path}: {exc}") from exc

@@ -16,15 +16,18 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import onnx
 
 from livemod.core.errors import ModelError
 from livemod.engines.card import ModelCard, sha256_file
 from livemod.engines.ort import OrtClassifier
 from livemod.engines.preprocess import prepare_batch
+
+if TYPE_CHECKING:  # onnx (~0.5 s to import, ml_dtypes) is needed to derive models, not to serve them
+    import onnx
 
 MIN_OPSET = 13
 """Per-channel DequantizeLinear (its ``axis`` attribute) needs opset >= 13."""
@@ -131,6 +134,7 @@ def check_frames(photos: Sequence[tuple[str, np.ndarray]]) -> list[tuple[str, np
 
 def upgrade_opset(model: onnx.ModelProto, target: int = TARGET_OPSET) -> onnx.ModelProto:
     """The model at opset ``target`` when its default-domain opset is below MIN_OPSET (else unchanged)."""
+    import onnx.version_converter
     current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if current is None or current >= MIN_OPSET:
         return model
@@ -151,6 +155,7 @@ def fold_constant_reshapes(model: onnx.ModelProto) -> onnx.ModelProto:
     copy shared with the Gemm); the quantizer would give the shared weight the Gemm's
     per-channel axis, which the Conv cannot use. Folded, each node gets its own weight.
     """
+    import onnx
     from onnx import numpy_helper
 
     out = onnx.ModelProto()
@@ -220,6 +225,7 @@ def quantize_int8(
     Returns:
         The QDQ model: float32 input and outputs as the FP32 model's.
     """
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, create_calibrator, save_tensors_data
 

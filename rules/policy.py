@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from livemod.core.errors import ConfigError
+from livemod.core.yamlfile import safe_load
 from livemod.engines.card import ModelCard
 from livemod.engines.signals import SIGNAL_MODELS, SignalConfig
 
@@ -186,7 +187,7 @@ def load_policy(path: Path | str) -> Policy:
             names the file and each offending field.
     """
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"policy {path}: {exc}") from exc
     try:

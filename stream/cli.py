@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -119,47 +122,100 @@ class Progress:
             )
 
 
-def moderate_uris(settings: Settings, uris: Sequence[str], *, stream_id: str | None = None) -> tuple[dict[str, Any], int]:
-    """Run the in-process pipeline over URIs; alerts go to stdout as JSON lines. Returns (summary, exit code)."""
-    from livemod.rules.evaluate import StreamState
+def moderate_uris(
+    settings: Settings, uris: Sequence[str], *, stream_id: str | None = None, jobs: int | None = None
+) -> tuple[dict[str, Any], int]:
+    """Run the in-process pipeline over URIs; alerts go to stdout as JSON lines. Returns (summary, exit code).
+
+    Inputs run on one event loop: each decodes in its own thread while frames are scored one at a
+    time on the loop, so one input's decoding overlaps another's inference. Files and other
+    finite inputs run ``jobs`` at a time (default: the number of CPU cores; more only adds
+    contention); every live source (rtmp, rtsp) runs at once, whatever ``jobs`` says. With
+    ``stream_id`` the inputs are consecutive parts of one stream: they run in order and the
+    stream's rule and sampler state carries from one to the next.
+    """
     from livemod.stream.pipeline import Moderator
-    from livemod.stream.records import FrameRef
 
     moderator = Moderator(settings)
     _err(f"backend: {moderator.choice.backend} ({moderator.choice.reason}); models: {', '.join(moderator.models)}")
+    if stream_id is not None:
+        jobs = 1
+    jobs = max(1, min(len(uris), jobs if jobs is not None else (os.cpu_count() or 1)))
     progress = Progress()
     summary: dict[str, Any] = {"inputs": len(uris), "failed": [], "frames": 0, "alerts": 0, "reviews": 0,
                                "alerts_needing_recheck": 0, "rechecks": 0, "seconds": 0.0, "max_gap_s": {}}
     t0 = time.monotonic()
-    for n, uri in enumerate(uris):
-        sid = stream_id or Path(uri).stem or f"stream-{n}"
-        live = uri.split(":", 1)[0] in ("rtmp", "rtmps", "rtsp")
-        ref = FrameRef(stream_id=sid, uri=uri, kind="live" if live else "segment", seq=n, wall_start=time.time())
-        try:
-            for frame, scores, decision, _state in moderator.moderate(ref, StreamState()):
-                progress.frames += 1
-                if frame.gap_s is not None:  # stream time since the previous sampled frame
-                    summary["max_gap_s"][uri] = round(max(summary["max_gap_s"].get(uri, 0.0), frame.gap_s), 3)
-                progress.rechecks += sum(len(fs.rechecks) for fs in scores.values())
-                for alert in decision.alerts:
-                    progress.alerts += 1
-                    summary["alerts_needing_recheck"] += alert.recheck_used
-                    print(alert.model_dump_json(), flush=True)
-                summary["reviews"] += len(decision.reviews)
-                progress.tick(sid)
-        except LivemodError as exc:
-            kind = "retriable" if exc.retriable else "not retriable"
-            _err(f"error: {uri}: {type(exc).__name__} [{exc.reason}, {kind}]: {exc}")
-            summary["failed"].append({"uri": uri, "error": type(exc).__name__, "reason": exc.reason, "message": str(exc)})
-        progress.tick(sid, force=True)
+    asyncio.run(_moderate_all(moderator, uris, stream_id, jobs, progress, summary))
     summary.update(frames=progress.frames, alerts=progress.alerts, rechecks=progress.rechecks,
                    seconds=round(time.monotonic() - t0, 2))
     return summary, (EXIT_BAD_INPUT if summary["failed"] else EXIT_OK)
 
 
+def _stream_ids(uris: Sequence[str], stream_id: str | None) -> list[str]:
+    """Each input's stream id: ``stream_id`` for all, else the file's stem, made unique (``-2``, ``-3``, ...)."""
+    if stream_id is not None:
+        return [stream_id] * len(uris)
+    seen: dict[str, int] = {}
+    out = []
+    for n, uri in enumerate(uris):
+        sid = Path(uri.split("?", 1)[0]).stem or f"stream-{n}"
+        seen[sid] = seen.get(sid, 0) + 1
+        out.append(sid if seen[sid] == 1 else f"{sid}-{seen[sid]}")
+    return out
+
+
+LIVE_SCHEMES = ("rtmp", "rtmps", "rtsp")
+
+
+async def _moderate_all(
+    moderator: Any, uris: Sequence[str], stream_id: str | None, jobs: int, progress: Progress, summary: dict[str, Any]
+) -> None:
+    from livemod.stream.pipeline import Progress as StreamProgress
+    from livemod.stream.records import FrameRef
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    submit = moderator.direct_submit()
+    slots = asyncio.Semaphore(jobs)
+    live = [uri.split(":", 1)[0] in LIVE_SCHEMES for uri in uris]
+    # a decoder thread per input running at once (the loop's default pool may be smaller: live inputs
+    # would starve) and one for evidence JPEGs
+    executor = ThreadPoolExecutor(max_workers=min(jobs, len(uris)) + sum(live) + 1, thread_name_prefix="livemod-decode")
+    carried = StreamProgress()  # one stream's state across its parts (with --stream-id)
+
+    async def one(n: int, uri: str, sid: str) -> None:
+        ref = FrameRef(stream_id=sid, uri=uri, kind="live" if live[n] else "segment", seq=n, wall_start=time.time())
+        state = carried if stream_id is not None else StreamProgress()
+        async with slots if not live[n] or stream_id is not None else contextlib.nullcontext():
+            try:
+                async for step in moderator.run(ref, state, submit, executor=executor):
+                    frame, scores, decision = step.frame, step.scores, step.decision
+                    progress.frames += 1
+                    if frame.gap_s is not None:  # stream time since the previous sampled frame
+                        summary["max_gap_s"][uri] = round(max(summary["max_gap_s"].get(uri, 0.0), frame.gap_s), 3)
+                    progress.rechecks += sum(len(fs.rechecks) for fs in scores.values())
+                    for alert in decision.alerts:
+                        progress.alerts += 1
+                        summary["alerts_needing_recheck"] += alert.recheck_used
+                        print(alert.model_dump_json(), flush=True)
+                    summary["reviews"] += len(decision.reviews)
+                    progress.tick(sid)
+            except LivemodError as exc:
+                kind = "retriable" if exc.retriable else "not retriable"
+                _err(f"error: {uri}: {type(exc).__name__} [{exc.reason}, {kind}]: {exc}")
+                summary["failed"].append({"uri": uri, "error": type(exc).__name__, "reason": exc.reason,
+                                          "message": str(exc)})
+            progress.tick(sid, force=True)
+
+    try:
+        await asyncio.gather(*(one(n, uri, sid) for n, (uri, sid) in enumerate(zip(uris, _stream_ids(uris, stream_id)))))
+    finally:
+        executor.shutdown(wait=True)
+
+
 def cmd_moderate(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    summary, code = moderate_uris(settings, args.uris, stream_id=args.stream_id)
+    summary, code = moderate_uris(settings, args.uris, stream_id=args.stream_id, jobs=args.jobs)
     _err("summary: " + json.dumps(summary, sort_keys=True))
     return code
 
@@ -232,7 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("moderate", help="moderate media URIs in-process; alerts as JSON lines on stdout")
     m.add_argument("uris", nargs="+", help="files, http(s) URLs, HLS playlists, rtmp/rtsp URLs, images")
     m.add_argument("--policy", help="policy name (default: settings' default policy)")
-    m.add_argument("--stream-id", help="stream id for all inputs (default: each file's stem)")
+    m.add_argument("--stream-id", help="stream id for all inputs, taken as consecutive parts of one stream "
+                   "(default: each input is its own stream, named by its file's stem)")
+    m.add_argument("--jobs", type=int, default=None, help="files handled at once (default: the number of "
+                   "CPU cores; 1 with --stream-id); live sources all run at once")
     m.add_argument("--out", help="folder for evidence and review output (default out/)")
     m.add_argument("--no-evidence", action="store_true", help="do not write evidence images")
     _add_common(m)
