@@ -1,11 +1,12 @@
-"""The orchestration ceiling: one worker process with decode and inference made nearly free.
+"""The orchestration ceiling: worker processes with decode and inference made nearly free.
 
     .venv/bin/python benchmarks/run.py --only ceiling     (this module holds the section's parts)
 
 64x64 JPEG snapshots published as ``image`` references, and a 64x64 clip of many frames sampled
 in interval mode at a high rate, through the bundled broker (Tansu) and one ``livemod worker``
 whose only model is a 32x32 one-conv ONNX model with a ``cams`` output (tests/tinymodels.py):
-what is left is the service's own cost per reference and per frame.
+what is left is the service's own cost per reference and per frame. ``processes`` > 1 starts that
+many workers in one consumer group (as ``livemod worker --processes N`` does) and sums them.
 """
 
 from __future__ import annotations
@@ -102,12 +103,18 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def counters(url: str) -> dict[str, float]:
-    """livemod_* counters from /metrics, per label set (``name{k=v}``) and summed (``name``)."""
-    status, body = http_get(url)
+def counters(urls: str | list[str]) -> dict[str, float]:
+    """livemod_* counters from /metrics, per label set (``name{k=v}``) and summed (``name``), over workers."""
     out: dict[str, float] = {}
+    for url in [urls] if isinstance(urls, str) else urls:
+        _add_counters(url, out)
+    return out
+
+
+def _add_counters(url: str, out: dict[str, float]) -> None:
+    status, body = http_get(url)
     if status != 200:
-        return out
+        return
     for fam in text_string_to_metric_families(body.decode()):
         for sm in fam.samples:
             if not sm.name.startswith("livemod_") or not sm.name.endswith("_total"):
@@ -116,7 +123,6 @@ def counters(url: str) -> dict[str, float]:
             labels = ",".join(f"{k}={v}" for k, v in sorted(sm.labels.items()))
             key = f"{sm.name}{{{labels}}}"
             out[key] = out.get(key, 0.0) + sm.value
-    return out
 
 
 async def _publish(bootstrap: str, topic: str, refs: list[FrameRef]) -> None:
@@ -131,16 +137,21 @@ async def _publish(bootstrap: str, topic: str, refs: list[FrameRef]) -> None:
         await p.stop()
 
 
-def _phase(broker: EmbeddedBroker, s: Settings, url: str, pid: int, refs: list[FrameRef],
+def _phase(broker: EmbeddedBroker, s: Settings, urls: list[str], pids: list[int], refs: list[FrameRef],
            say: Callable[[str], None], what: str) -> dict[str, float]:
-    """Publish ``refs`` at once and wait until the worker has handled them all; rates and CPU."""
-    before = counters(f"{url}/metrics")
+    """Publish ``refs`` at once and wait until the workers have handled them all; rates and CPU."""
+    metrics = [f"{u}/metrics" for u in urls]
+
+    def cpu_now() -> float:
+        return sum(proc_cpu_s(pid) for pid in pids)
+
+    before = counters(metrics)
     done0 = before.get("livemod_references_consumed_total", 0.0)
-    cpu0, bcpu0, t0 = proc_cpu_s(pid), proc_cpu_s(broker.proc.pid), time.perf_counter()  # type: ignore[union-attr]
+    cpu0, bcpu0, t0 = cpu_now(), proc_cpu_s(broker.proc.pid), time.perf_counter()  # type: ignore[union-attr]
     asyncio.run(_publish(broker.bootstrap, s.kafka.frame_refs_topic, refs))
     last = time.perf_counter()
     while True:
-        now = counters(f"{url}/metrics")
+        now = counters(metrics)
         done = now.get("livemod_references_consumed_total", 0.0) - done0
         if done >= len(refs):
             break
@@ -151,7 +162,7 @@ def _phase(broker: EmbeddedBroker, s: Settings, url: str, pid: int, refs: list[F
             last = time.perf_counter()
         time.sleep(0.05)
     elapsed = time.perf_counter() - t0
-    cpu, bcpu = proc_cpu_s(pid) - cpu0, proc_cpu_s(broker.proc.pid) - bcpu0  # type: ignore[union-attr]
+    cpu, bcpu = cpu_now() - cpu0, proc_cpu_s(broker.proc.pid) - bcpu0  # type: ignore[union-attr]
     ok = (now.get("livemod_references_consumed_total{outcome=handled}", 0.0)
           - before.get("livemod_references_consumed_total{outcome=handled}", 0.0))
     frames = now.get("livemod_frames_sampled_total", 0.0) - before.get("livemod_frames_sampled_total", 0.0)
@@ -161,47 +172,56 @@ def _phase(broker: EmbeddedBroker, s: Settings, url: str, pid: int, refs: list[F
 
 
 def run_ceiling(broker: EmbeddedBroker, tmp: Path, *, refs: int, clip_refs: int, clip_frames: int,
-                say: Callable[[str], None]) -> dict[str, dict[str, float]]:
-    """One worker: ``refs`` snapshot references, then ``clip_refs`` references to a ``clip_frames``-frame clip."""
+                say: Callable[[str], None], processes: int = 1) -> dict[str, dict[str, float]]:
+    """``processes`` workers (one consumer group): ``refs`` snapshot references, then ``clip_refs``
+    references to a ``clip_frames``-frame clip."""
     tmp.mkdir(parents=True, exist_ok=True)
     dirs = tiny_setup(tmp)
     say(f"  ceiling: writing 256 snapshots (64x64 JPEG) and a 64x64 clip of {clip_frames} frames ...")
     snaps = write_snapshots(tmp / "snaps", 256)
     clip = write_many_frames(tmp / "many.mp4", clip_frames)
     tag = f"{int(time.time() * 1000) % 10**9}"
-    s = worker_settings(broker, tmp, dirs, tag)
-    asyncio.run(create_topics(s))
-    log = tmp / f"worker-{tag}.log"
-    worker = start_worker(s, log)
-    url = f"http://127.0.0.1:{s.worker.web_port}"
+    base = worker_settings(broker, tmp, dirs, tag)
+    asyncio.run(create_topics(base))
+    workers, urls, logs = [], [], []
     try:
+        for i in range(processes):  # what `livemod worker --processes N` does: own id and web port each
+            s = base if i == 0 else base.model_copy(update={"worker": base.worker.model_copy(update={
+                "web_port": free_port(), "id": f"{base.worker.id}-{i}"})})
+            logs.append(tmp / f"worker-{tag}-{i}.log")
+            workers.append(start_worker(s, logs[-1]))
+            urls.append(f"http://127.0.0.1:{s.worker.web_port}")
         t0 = time.perf_counter()
-        while http_get(f"{url}/ready")[0] != 200:
-            if worker.poll() is not None:
-                raise RuntimeError(f"ceiling worker died: {log.read_text()[-2000:]}")
-            if time.perf_counter() - t0 > 120:
-                raise RuntimeError(f"ceiling worker not ready after 120 s: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
-        say(f"  ceiling: worker ready after {time.perf_counter() - t0:.1f} s")
-        time.sleep(2.0)  # let the group settle
+        for worker, url, log in zip(workers, urls, logs):
+            while http_get(f"{url}/ready")[0] != 200:
+                if worker.poll() is not None:
+                    raise RuntimeError(f"ceiling worker died: {log.read_text()[-2000:]}")
+                if time.perf_counter() - t0 > 120:
+                    raise RuntimeError(f"ceiling worker not ready after 120 s: {log.read_text()[-2000:]}")
+                time.sleep(0.2)
+        say(f"  ceiling: {processes} worker process(es) ready after {time.perf_counter() - t0:.1f} s")
+        time.sleep(2.0 + 2.0 * (processes - 1))  # let the group settle
+        pids = [w.pid for w in workers]
         now = time.time()
         warm = [FrameRef(stream_id=f"w{i}", uri=str(snaps[i].resolve()), kind="image", seq=0, wall_start=now)
-                for i in range(16)]
-        _phase(broker, s, url, worker.pid, warm, say, "warm-up")
+                for i in range(16 * processes)]
+        _phase(broker, base, urls, pids, warm, say, "warm-up")
         streams = 64
         image_refs = [FrameRef(stream_id=f"cam{i % streams}", uri=str(snaps[i % len(snaps)].resolve()), kind="image",
                                seq=1 + i // streams, wall_start=now + i // streams) for i in range(refs)]
-        say(f"  ceiling: {refs} image references over {streams} streams ...")
-        images = _phase(broker, s, url, worker.pid, image_refs, say, "images")
+        say(f"  ceiling: {refs} image references over {streams} streams, {processes} worker process(es) ...")
+        images = _phase(broker, base, urls, pids, image_refs, say, "images")
         clip_list = [FrameRef(stream_id=f"clip{i}", uri=str(clip.resolve()), seq=0, wall_start=now,
                               duration=clip_frames / 30) for i in range(clip_refs)]
         say(f"  ceiling: {clip_refs} references to the {clip_frames}-frame clip ...")
-        frames = _phase(broker, s, url, worker.pid, clip_list, say, "frames")
+        frames = _phase(broker, base, urls, pids, clip_list, say, "frames")
         return {"images": images, "frames": frames}
     finally:
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except Exception:  # noqa: BLE001 - a worker that ignores SIGTERM is killed
-            worker.kill()
-            worker.wait(10)
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            try:
+                worker.wait(30)
+            except Exception:  # noqa: BLE001 - a worker that ignores SIGTERM is killed
+                worker.kill()
+                worker.wait(10)

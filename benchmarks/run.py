@@ -13,7 +13,7 @@ Sections (each a function below; `--only NAME` runs one, and may be repeated):
             (target >= 85%)
   ceiling   one worker with near-free decode and inference (64x64 JPEG snapshots, a 32x32 one-conv
             model): references/s, CPU per reference, frames/s of a many-frame segment
-            (targets >= 1,000 refs/s, >= 2,000 frames/s)
+            (targets >= 1,000 refs/s, >= 2,000 frames/s), then one worker process per core
   rules     livemod.rules.evaluate.evaluate() alone on synthetic scores (target >= 100,000 frames/s)
 The default size finishes in about 5-7 minutes on 2 cores; --quick is a smoke size (about a minute).
 Progress goes to stderr (a status line at least every 15 s); results.md and <section>.png go to --out.
@@ -629,13 +629,16 @@ def service(b: Bench) -> None:
         sub = dict(list(segs.items())[:4])
         b.step(f"service: live pacing, {len(sub)} streams x {segments} segments published as recorded")
         paced = sl.run_once(broker, base, sub, 16, 10.0, tmp, b.models_dir, paced=True)
-    share = backlog["frames_per_s"] / capacity
+    share = backlog["steady_frames_per_s"] / capacity
+    share_all = backlog["frames_per_s"] / capacity
     b.add("service", f"isolated stage capacity (decode + engine + rules, demo policy; {cores} cores x 1 / CPU per frame)",
           f"{capacity:.1f} frames/s ({cpu / frames * 1e3:.1f} ms CPU per frame)")
     b.add("service", f"one worker, backlog of {backlog['refs']:.0f} references",
-          f"{backlog['frames_per_s']:.1f} frames/s, {backlog['refs_per_s']:.2f} refs/s, "
+          f"{backlog['steady_frames_per_s']:.1f} frames/s steady ({backlog['frames_per_s']:.1f} frames/s, "
+          f"{backlog['refs_per_s']:.2f} refs/s from the first publish to the last reference handled); "
           f"p50/p99 {backlog['p50']:.2f}/{backlog['p99']:.2f} s")
-    b.add("service", "worker throughput / stage capacity", f"{share:.0%}", ">= 85%", share >= 0.85)
+    b.add("service", "worker throughput / stage capacity, steady state (whole window incl. start)",
+          f"{share:.0%} ({share_all:.0%})", ">= 85%", share >= 0.85)
     b.add("service", "worker CPU per sampled frame (backlog) vs the isolated stages'",
           f"{wk['cpu_per_frame'] * 1e3:.1f} ms vs {cpu / frames * 1e3:.1f} ms; the worker got {wk['cores']:.2f} "
           f"of {cores} cores")
@@ -649,14 +652,16 @@ def service(b: Bench) -> None:
         f"with one ONNX Runtime thread took {cpu / frames * 1e3:.1f} ms of CPU per sampled frame ({wall:.1f} s wall "
         f"for {frames} frames), so the machine's {cores} cores could do {capacity:.1f} frames/s if nothing else ran. "
         "The worker (benchmarks/service_load.py's run_once: Tansu, one `livemod worker`, threads = all cores) "
-        "is timed from publishing to the last reference handled; latency is segment wall clock -> decision from "
+        "is timed from publishing to the last reference handled (the whole window, which includes the first "
+        "fetch and the first inferences' warm-up) and in steady state, from a tenth of the references handled to "
+        "the last (the figure compared with the target); latency is segment wall clock -> decision from "
         "the worker's histogram. Other work on a shared machine takes cores from the worker but not from the "
         "CPU-time capacity, so the share reads low when the machine is busy; the worker's own CPU per frame "
         "(from /proc while its frame count moved) and the cores it got are given beside it for that reason.")
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    labels = ["stage capacity", "worker: backlog"] + (["worker: live pacing"] if paced else [])
-    vals = [capacity, backlog["frames_per_s"]] + ([paced["frames_per_s"]] if paced else [])
+    labels = ["stage capacity", "worker: backlog (steady)"] + (["worker: live pacing"] if paced else [])
+    vals = [capacity, backlog["steady_frames_per_s"]] + ([paced["frames_per_s"]] if paced else [])
     ax.bar(labels, vals, color=["tab:gray", "tab:blue", "tab:green"][: len(vals)])
     ax.axhline(0.85 * capacity, color="red", ls="--", label="85% of capacity (target)")
     ax.set_ylabel("sampled frames/s")
@@ -669,42 +674,58 @@ def service(b: Bench) -> None:
 
 
 def ceiling(b: Bench) -> None:
-    """Orchestration ceiling: one worker, near-free decode and inference."""
+    """Orchestration ceiling: one worker, then one per core, near-free decode and inference."""
     from ceiling import run_ceiling
 
     refs, clip_refs, clip_frames = (300, 2, 120) if b.quick else (5000, 12, 600)
-    b.step("ceiling: one worker with the 32x32 one-conv model on the bundled broker")
-    res = run_ceiling(b.broker(), b.tmp / "ceiling", refs=refs, clip_refs=clip_refs, clip_frames=clip_frames,
-                      say=b.say)
-    im, fr = res["images"], res["frames"]
-    for name, r in res.items():
-        if r["ok"] < r["refs"]:
-            b.say(f"  WARNING: ceiling {name}: only {r['ok']:.0f} of {r['refs']} references were handled")
+    cores = os.cpu_count() or 1
+    runs = {}
+    for procs in sorted({1, cores}):
+        b.step(f"ceiling: {procs} worker process(es) with the 32x32 one-conv model on the bundled broker")
+        runs[procs] = run_ceiling(b.broker(), b.tmp / f"ceiling-{procs}", refs=refs, clip_refs=clip_refs,
+                                  clip_frames=clip_frames, say=b.say, processes=procs)
+        for name, r in runs[procs].items():
+            if r["ok"] < r["refs"]:
+                b.say(f"  WARNING: ceiling {name}: only {r['ok']:.0f} of {r['refs']} references were handled")
+    im, fr = runs[1]["images"], runs[1]["frames"]
     b.add("ceiling", f"image references (64x64 JPEG), one worker process ({im['refs']} refs, {im['ok']:.0f} handled)",
           f"{im['refs_per_s']:.0f} refs/s", ">= 1,000 refs/s", im["refs_per_s"] >= 1000)
     b.add("ceiling", "worker CPU per image reference (broker CPU apart)",
           f"{im['worker_cpu_ms_per_ref']:.2f} ms (broker {im['broker_cpu_s'] / im['refs'] * 1e3:.2f} ms)")
-    b.add("ceiling", f"sampled frames/s, {fr['refs']} segments of {clip_frames} frames (64x64, interval mode)",
+    b.add("ceiling", f"sampled frames/s, {fr['refs']} segments of {clip_frames} frames (64x64, interval mode), "
+          "one worker process",
           f"{fr['frames_per_s']:.0f} frames/s ({fr['worker_cpu_ms_per_frame']:.2f} ms worker CPU per frame)",
           ">= 2,000 frames/s", fr["frames_per_s"] >= 2000)
+    if cores > 1:
+        imn, frn = runs[cores]["images"], runs[cores]["frames"]
+        b.add("ceiling", f"the node: `livemod worker --processes {cores}` (one per core, one consumer group), "
+              "image references", f"{imn['refs_per_s']:.0f} refs/s ({imn['worker_cpu_ms_per_ref']:.2f} ms CPU each)",
+              ">= 1,000 refs/s per node", imn["refs_per_s"] >= 1000)
+        b.add("ceiling", f"the node: {cores} worker processes, sampled frames/s",
+              f"{frn['frames_per_s']:.0f} frames/s", ">= 2,000 frames/s per node", frn["frames_per_s"] >= 2000)
     b.details["ceiling"] = (
-        f"Load average at start: {b.load_at_start}. The bundled broker (Tansu) and one `livemod worker` process "
+        f"Load average at start: {b.load_at_start}. The bundled broker (Tansu) and `livemod worker` processes "
         "(defaults: ONNX Runtime on all cores, max batch 16, 10 ms batcher wait, max 8 references in flight) whose "
         "only model is tests/tinymodels.py's 32x32 one-conv model with a `cams` output, behind a one-rule policy "
-        "that raises nothing. Image phase: 64x64 JPEG snapshots as `image` references over 64 streams, all "
+        "that raises nothing; first one process, then one per core in one consumer group (8 partitions shared). "
+        "Image phase: 64x64 JPEG snapshots as `image` references over 64 streams, all "
         "published at once after a warm-up; timed from the first publish to the last reference handled. Frame "
         f"phase: a 64x64 H.264 clip of {clip_frames} frames, every frame sampled (interval 1 ms), one reference "
-        "per stream. CPU from /proc/<pid>/stat of the worker and of the broker. "
-        f"Images: {im['seconds']:.2f} s for {im['refs']} refs; frames: {fr['frames']:.0f} frames in "
-        f"{fr['seconds']:.2f} s.")
+        "per stream. CPU from /proc/<pid>/stat of the workers and of the broker. One process is bound by its "
+        "global interpreter lock: the event loop (Faust, aiokafka, our handling) and the decoder threads' Python "
+        "share it, so one process uses about one core whatever the machine has (py-spy: the loop thread idles "
+        "in select while the decoder threads wait for the lock). "
+        + "; ".join(f"{p} process(es): images {r['images']['seconds']:.2f} s for {r['images']['refs']} refs, frames "
+                    f"{r['frames']['frames']:.0f} in {r['frames']['seconds']:.2f} s" for p, r in runs.items()) + ".")
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.6), dpi=100)
-    for ax, val, target, label in ((axes[0], im["refs_per_s"], 1000, "image references/s"),
-                                   (axes[1], fr["frames_per_s"], 2000, "sampled frames/s")):
-        ax.bar(["one worker"], [val], color="tab:blue")
+    names = [f"{p} process" + ("es" if p > 1 else "") for p in runs]
+    for ax, key, unit, target, label in ((axes[0], "images", "refs_per_s", 1000, "image references/s"),
+                                         (axes[1], "frames", "frames_per_s", 2000, "sampled frames/s")):
+        ax.bar(names, [r[key][unit] for r in runs.values()], color=["tab:blue", "tab:cyan"][: len(runs)])
         ax.axhline(target, color="red", ls="--", label=f"target {target:,}")
         ax.set_ylabel(label)
-        ax.legend(loc="upper right")
+        ax.legend(loc="upper left")
     fig.suptitle("Orchestration ceiling (near-free decode and model)")
     fig.tight_layout()
     b.plots["ceiling"] = b.out / "ceiling.png"

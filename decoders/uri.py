@@ -133,6 +133,33 @@ def _resolved_roots(roots: tuple[Path | str, ...]) -> tuple[Path, ...]:
     return tuple(Path(os.path.realpath(Path(r).expanduser())) for r in roots)
 
 
+_O_PATH = getattr(os, "O_PATH", 0)
+
+
+def _real_path(path: Path) -> Path:
+    """``path`` with ``..`` and every symlink resolved, as ``Path.resolve(strict=False)`` gives it.
+
+    On Linux an existing file is opened with O_PATH and the kernel's own answer read back from
+    /proc/self/fd (three system calls, where ``os.path.realpath`` makes one ``lstat`` per path
+    component in Python: a tenth of the worker's time on small snapshot references). Anything
+    else (a path that does not exist, no /proc) takes ``Path.resolve``.
+    """
+    if _O_PATH:
+        try:
+            fd = os.open(path, _O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return path.resolve(strict=False)
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return path.resolve(strict=False)
+        finally:
+            os.close(fd)
+        if real.startswith("/") and not real.endswith(" (deleted)"):
+            return Path(real)
+    return path.resolve(strict=False)
+
+
 def check_file(path: Path, cfg: DecoderConfig) -> Path:
     """Resolve a local path (``..`` and symlinks included) and require it under a file root.
 
@@ -141,7 +168,7 @@ def check_file(path: Path, cfg: DecoderConfig) -> Path:
         ForbiddenSourceError: the resolved path lies outside every root.
     """
     try:
-        real = path.expanduser().resolve(strict=False)
+        real = _real_path(path.expanduser())
     except (OSError, RuntimeError) as exc:
         raise BadUriError(f"cannot resolve path {str(path)!r}: {exc}") from exc
     roots = _resolved_roots(tuple(cfg.file_roots))  # also when settings were copied unvalidated

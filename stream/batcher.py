@@ -27,6 +27,11 @@ class DynamicBatcher(Generic[T, R]):
         max_wait_s: longest wait for a fuller batch.
         executor: where ``run`` runs (one engine thread).
         on_batch: called with (batch size, seconds) after each batch.
+        producers: how many callers can submit at present (for instance the references in
+            flight) and ``caller``, which caller an item comes from: once every caller has an
+            item in the batch and nothing more is queued, the batch goes without waiting, since
+            no caller is left to fill it (one snapshot per reference). None: always wait for
+            ``max_batch`` or ``max_wait_s``.
     """
 
     def __init__(
@@ -37,8 +42,11 @@ class DynamicBatcher(Generic[T, R]):
         max_wait_s: float,
         executor: Executor,
         on_batch: Callable[[int, float], None] | None = None,
+        producers: Callable[[], int] | None = None,
+        caller: Callable[[T], object] = id,
     ) -> None:
         self._run, self.max_batch, self.max_wait_s = run, max_batch, max_wait_s
+        self._producers, self._caller = producers, caller
         self._executor, self._on_batch = executor, on_batch
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -72,6 +80,9 @@ class DynamicBatcher(Generic[T, R]):
                 continue
             except asyncio.QueueEmpty:
                 pass
+            if self._producers is not None and len(batch) >= self._producers() and \
+                    len({self._caller(item) for item, _f in batch}) >= self._producers():
+                break  # every caller has an item in this batch: waiting cannot fill it further
             left = deadline - time.monotonic()
             if left <= 0:
                 break

@@ -229,6 +229,8 @@ class Worker:
             max_wait_s=s.engines.batch_wait_ms / 1000,
             executor=self.engine_pool,
             on_batch=lambda n, dt: self.metrics.infer_seconds.observe(dt),
+            producers=lambda: self._tasks,  # references in flight, each decoding one stream's media
+            caller=lambda item: item[0].stream_id,
         )
         self.moderator.on_batch = self._on_engine_batch
         self.config = initial_status(s)
