@@ -13,6 +13,9 @@ EfficientNet-Lite0 by four configurations:
 - new, sweep frame: the same plus the sweep (square tiles sized for --sweep-share), as it runs on a
   stream's first frame, on scene changes and whenever the stream's budget has saved up for it.
 
+Both new configurations confirm a crop that scores 0.5 or more in a --confirm times scaled crop
+(policies' ``recheck.confirm``, 0.67 by default: a tighter crop) and keep the lower score.
+
 Then clean broadcasts (no object: each background panned over --clean-frames frames, per shape)
 run through the old and new configurations with the per-stream budget on, watching all the labels
 above and the firearm group: the extra inference per whole-frame image, how often the sweep runs,
@@ -103,6 +106,8 @@ def main() -> int:
     ap.add_argument("--sweep-share", type=float, default=0.015)
     ap.add_argument("--spot-threshold", type=float, default=0.5)
     ap.add_argument("--budget", type=float, default=0.3)
+    ap.add_argument("--confirm", type=float, default=0.67,
+                    help="the new configurations' confirming crop (policies' recheck.confirm; 0 = off)")
     args = ap.parse_args()
 
     base = load_cards()["efficientnet-lite0"]
@@ -113,9 +118,10 @@ def main() -> int:
     configs = {
         "old_demo": RecheckSpec(band=(0.001, 0.6), max_boxes=2, expand=1.5, tiles=0),
         "old_default": RecheckSpec(band=(0.05, 0.6), max_boxes=2, expand=1.5, tiles=3),
-        "new_frame": RecheckSpec(band=(0.02, 0.6), max_boxes=2, expand=1.5, spot_threshold=args.spot_threshold),
+        "new_frame": RecheckSpec(band=(0.02, 0.6), max_boxes=2, expand=1.5, spot_threshold=args.spot_threshold,
+                                 confirm=args.confirm),
         "new_sweep": RecheckSpec(band=(0.02, 0.6), max_boxes=2, expand=1.5, spot_threshold=args.spot_threshold,
-                                 sweep_share=args.sweep_share),
+                                 sweep_share=args.sweep_share, confirm=args.confirm),
     }
     backgrounds = args.backgrounds.split(",")
     positions = POSITIONS[: max(1, min(4, args.positions))]

@@ -180,6 +180,8 @@ class Moderator:
                             tiles=rc.tiles,
                             spot_threshold=rc.spot_threshold,
                             sweep_share=rc.sweep_share,
+                            confirm=rc.confirm,
+                            confirm_above=min(0.5, rule.alert),
                         )
                     lst = out.setdefault(rule.model, [])
                     if all(w.label != rule.label for w in lst):

@@ -97,3 +97,25 @@ def test_forgets_the_least_recent_stream(clf):
     for k in range(3):
         scorer.score([ScoreRequest(_frame(f"s{k}", 0), {"tiny": [Watch("c0", SWEEP)]})])
     assert scorer.credit("s0", "tiny") == 0.0 and scorer.credit("s2", "tiny") != 0.0
+
+
+@pytest.mark.parametrize("confirm_above, confirmed", [(0.0, True), (1.01, False)])
+def test_a_high_crop_is_confirmed_in_a_wider_crop_and_counts_the_lower_score(clf, confirm_above, confirmed):
+    """recheck.confirm: every crop at or over confirm_above costs one more image, paid from the stream's
+    credit, and the case keeps min(crop, wider crop); below it nothing changes."""
+    plain = RecheckSpec(band=(0.0, 1.01), max_boxes=2)
+    spec = RecheckSpec(band=(0.0, 1.01), max_boxes=2, confirm=1.5, confirm_above=confirm_above)
+    got = {}
+    for name, sp in (("plain", plain), ("confirm", spec)):
+        stages: list[tuple[str, int]] = []
+        scorer = Scorer({"tiny": clf}, on_batch=lambda _m, n, s, st=stages: st.append((s, n)))
+        fs = scorer.score([ScoreRequest(_frame("s", 0), {"tiny": [Watch("c0", sp)]})])[0]["tiny"]
+        got[name] = (fs.rechecks["c0"], stages, scorer.credit("s", "tiny"))
+    (rc0, st0, cr0), (rc1, st1, cr1) = got["plain"], got["confirm"]
+    boxes = rc0.crops
+    assert boxes >= 1
+    if confirmed:
+        assert rc1.crops == 2 * boxes and st1 == [("frame", 1), ("recheck", boxes), ("recheck", boxes)]
+        assert rc1.after <= rc0.after + 1e-6 and cr1 == pytest.approx(cr0 - boxes)
+    else:
+        assert (rc1.crops, rc1.after, st1, cr1) == (rc0.crops, rc0.after, st0, cr0)
