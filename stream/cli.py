@@ -129,8 +129,9 @@ def moderate_uris(
 
     Inputs run on one event loop: each decodes in its own thread while frames are scored one at a
     time on the loop, so one input's decoding overlaps another's inference. Files and other
-    finite inputs run ``jobs`` at a time (default: the number of CPU cores; more only adds
-    contention); every live source (rtmp, rtsp) runs at once, whatever ``jobs`` says. With
+    finite inputs run ``jobs`` at a time (default: the number of CPU cores, at most
+    ``MAX_DEFAULT_JOBS``; more only adds contention, and each input holds up to 32 decoded frames
+    waiting for the engine); every live source (rtmp, rtsp) runs at once, whatever ``jobs`` says. With
     ``stream_id`` the inputs are consecutive parts of one stream: they run in order and the
     stream's rule and sampler state carries from one to the next.
     """
@@ -140,7 +141,7 @@ def moderate_uris(
     _err(f"backend: {moderator.choice.backend} ({moderator.choice.reason}); models: {', '.join(moderator.models)}")
     if stream_id is not None:
         jobs = 1
-    jobs = max(1, min(len(uris), jobs if jobs is not None else (os.cpu_count() or 1)))
+    jobs = max(1, min(len(uris), jobs if jobs is not None else min(os.cpu_count() or 1, MAX_DEFAULT_JOBS)))
     progress = Progress()
     summary: dict[str, Any] = {"inputs": len(uris), "failed": [], "frames": 0, "alerts": 0, "reviews": 0,
                                "alerts_needing_recheck": 0, "rechecks": 0, "seconds": 0.0, "max_gap_s": {}}
@@ -149,6 +150,10 @@ def moderate_uris(
     summary.update(frames=progress.frames, alerts=progress.alerts, rechecks=progress.rechecks,
                    seconds=round(time.monotonic() - t0, 2))
     return summary, (EXIT_BAD_INPUT if summary["failed"] else EXIT_OK)
+
+
+MAX_DEFAULT_JOBS = 8
+"""``moderate``'s default files at once on a many-core machine: one engine thread scores them all."""
 
 
 def _stream_ids(uris: Sequence[str], stream_id: str | None) -> list[str]:
@@ -291,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--stream-id", help="stream id for all inputs, taken as consecutive parts of one stream "
                    "(default: each input is its own stream, named by its file's stem)")
     m.add_argument("--jobs", type=int, default=None, help="files handled at once (default: the number of "
-                   "CPU cores; 1 with --stream-id); live sources all run at once")
+                   "CPU cores, at most 8; 1 with --stream-id); live sources all run at once")
     m.add_argument("--out", help="folder for evidence and review output (default out/)")
     m.add_argument("--no-evidence", action="store_true", help="do not write evidence images")
     _add_common(m)
