@@ -27,15 +27,7 @@ from livemod.core.types import Resize
 from livemod.decoders.config import DecoderConfig, SamplerConfig
 from livemod.decoders.pyav import decode
 from livemod.decoders.sampling import SamplerState
-from livemod.demo.synth import COVERAGE_CASES, write_coverage_clip
-
-
-def last_pts(path: Path) -> float:
-    """Stream time of the clip's last frame (from its packets)."""
-    with av.open(str(path)) as c:
-        vs = c.streams.video[0]
-        start = vs.start_time or 0
-        return max(float((p.pts - start) * vs.time_base) for p in c.demux(vs) if p.pts is not None)
+from livemod.demo.synth import COVERAGE_CASES, last_pts, write_coverage_clip
 
 
 def measure(path: Path, max_gap_s: float) -> dict[str, float]:

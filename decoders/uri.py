@@ -22,6 +22,8 @@ from livemod.core.errors import (
 SourceKind = Literal["file", "http", "hls", "rtmp", "rtsp", "image"]
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 NETWORK_SCHEMES = ("http", "https", "rtmp", "rtmps", "rtsp")
+LIVE_SCHEMES = ("rtmp", "rtmps", "rtsp")
+"""Schemes of live sources: followed until the broadcast ends, reconnected on drops."""
 METADATA_ADDRESSES = frozenset(
     ipaddress.ip_address(a) for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200")
 )

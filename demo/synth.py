@@ -178,3 +178,11 @@ def write_coverage_clip(directory: Path | str, case: str, *, seconds: float = 16
     if "keyframes" in kw:
         kw["keyframes"] = [k for k in kw["keyframes"] if k < n]
     return write_video(Path(directory) / name, pattern_frames(n, width, height), fps=fps, **kw)
+
+
+def last_pts(path: Path | str) -> float:
+    """Stream time (s, from the stream's start) of a clip's last video packet: where its coverage ends."""
+    with av.open(str(path)) as c:
+        vs = c.streams.video[0]
+        start = vs.start_time or 0
+        return max(float((p.pts - start) * vs.time_base) for p in c.demux(vs) if p.pts is not None)

@@ -74,7 +74,7 @@ class RecheckRule(BaseModel):
     def _band(self) -> "RecheckRule":
         if self.band is not None and not (0 <= self.band[0] < self.band[1] <= 1.01):
             raise ValueError(f"recheck band {self.band} must satisfy 0 <= lo < hi <= 1")
-        if self.confirm != 0 and not 0.25 <= self.confirm <= 4 or self.confirm == 1:
+        if 0 < self.confirm < 0.25 or self.confirm == 1:
             raise ValueError(f"recheck confirm {self.confirm} must be 0 (off) or a scale in [0.25, 4] other than 1")
         return self
 

@@ -80,7 +80,7 @@ class DynamicBatcher(Generic[T, R]):
                 continue
             except asyncio.QueueEmpty:
                 pass
-            if self._producers is not None and len(batch) >= self._producers() and \
+            if self._producers is not None and \
                     len({self._caller(item) for item, _f in batch}) >= self._producers():
                 break  # every caller has an item in this batch: waiting cannot fill it further
             left = deadline - time.monotonic()

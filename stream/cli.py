@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -169,16 +170,12 @@ def _stream_ids(uris: Sequence[str], stream_id: str | None) -> list[str]:
     return out
 
 
-LIVE_SCHEMES = ("rtmp", "rtmps", "rtsp")
-
-
 async def _moderate_all(
     moderator: Any, uris: Sequence[str], stream_id: str | None, jobs: int, progress: Progress, summary: dict[str, Any]
 ) -> None:
+    from livemod.decoders.uri import LIVE_SCHEMES
     from livemod.stream.pipeline import Progress as StreamProgress
     from livemod.stream.records import FrameRef
-
-    from concurrent.futures import ThreadPoolExecutor
 
     submit = moderator.direct_submit()
     slots = asyncio.Semaphore(jobs)

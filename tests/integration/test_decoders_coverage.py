@@ -13,7 +13,7 @@ from livemod.core.types import Resize
 from livemod.decoders.config import DecoderConfig, SamplerConfig
 from livemod.decoders.pyav import decode
 from livemod.decoders.sampling import SamplerState
-from livemod.demo.synth import COVERAGE_CASES, pattern_frames, write_coverage_clip, write_video
+from livemod.demo.synth import COVERAGE_CASES, last_pts, pattern_frames, write_coverage_clip, write_video
 
 SECONDS = 16.0
 MAX_GAP = 3.0
@@ -29,13 +29,6 @@ def _clip(clips: Path, case: str) -> Path:
     return path if path.exists() else write_coverage_clip(clips, case, seconds=SECONDS)
 
 
-def _last_pts(path: Path) -> float:
-    with av.open(str(path)) as c:
-        vs = c.streams.video[0]
-        start = vs.start_time or 0
-        return max(float((p.pts - start) * vs.time_base) for p in c.demux(vs) if p.pts is not None)
-
-
 @pytest.mark.parametrize("case", list(COVERAGE_CASES))
 def test_max_gap_on_every_clip(clips, case, caplog):
     path = _clip(clips, case)
@@ -44,7 +37,7 @@ def test_max_gap_on_every_clip(clips, case, caplog):
     with caplog.at_level(logging.INFO, logger="livemod.decoders.pyav"):
         frames = list(decode(str(path), stream_id=case, sizes=[Resize(32, 32)], config=cfg, state=state))
     pts = [f.pts for f in frames]
-    gaps = [pts[0], *np.diff(pts), _last_pts(path) - pts[-1]]  # from the start, between samples, to the end
+    gaps = [pts[0], *np.diff(pts), last_pts(path) - pts[-1]]  # from the start, between samples, to the end
     assert max(gaps) <= MAX_GAP + 1e-6, f"{case}: samples at {pts}"
     assert [f.gap_s for f in frames[1:]] == pytest.approx(list(np.diff(pts)), abs=1e-3)
     assert frames[0].gap_s is None and state.max_gap_s == pytest.approx(max(np.diff(pts)), abs=1e-3)
